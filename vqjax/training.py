@@ -1,0 +1,388 @@
+"""Data-parallel training on a device mesh, with Orbax checkpoints that resume exactly.
+
+The model is a Flax NNX module made pure with ``nnx.split`` / ``nnx.merge``: the whole train
+state is the plain pytree :class:`TrainState`, so Orbax saves it, shardings apply to it and
+``jax.vmap`` can stack copies of it. One ``jax.jit``-ed, donated step does forward, backward
+and the optax update; the batch is sharded over the mesh axis ``"data"`` and the parameters
+are replicated, so the gradient all-reduce is the compiler's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+__all__ = [
+    "TrainState",
+    "maybe_initialize_distributed",
+    "make_mesh",
+    "init_train_state",
+    "make_train_step",
+    "make_eval_step",
+    "shard_batch",
+    "replicate",
+    "NonFiniteLossError",
+    "train_and_evaluate",
+]
+
+DATA_AXIS = "data"
+# An objective maps (model, batch, *, key, weights) to (scalar loss, metrics dict).
+Objective = Callable[..., tuple[jax.Array, dict]]
+
+
+class TrainState(NamedTuple):
+    """Everything a step needs and a checkpoint saves; a plain pytree."""
+
+    step: jax.Array  # [] int32
+    params: Any  # nnx.State of the nnx.Param variables
+    rest: Any  # nnx.State of any other variables (batch statistics, EMA codebooks, ...)
+    opt_state: Any  # optax state
+    key: jax.Array  # [2] uint32 raw PRNG key data (jax.random.key_data)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+def maybe_initialize_distributed() -> None:
+    """``jax.distributed.initialize()`` when the environment describes a multi-process job.
+
+    Set ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``), or run
+    under SLURM / a Cloud TPU pod where JAX detects the cluster itself and
+    ``VQJAX_DISTRIBUTED=1`` is set. A single-process run does nothing.
+    """
+    if jax.distributed.is_initialized():
+        return
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("VQJAX_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+
+
+def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Place every array of ``tree`` on all devices of ``mesh`` (replicated)."""
+    sharding = jax.NamedSharding(mesh, jax.P())
+    return jax.device_put(tree, sharding)
+
+
+def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Process-local ``[b, ...]`` NumPy arrays -> global arrays sharded over ``"data"``.
+
+    Each process passes its own rows; the global batch is their concatenation in process order.
+    """
+    sharding = jax.NamedSharding(mesh, jax.P(DATA_AXIS))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def init_train_state(model: nnx.Module, tx: optax.GradientTransformation, *, seed: int):
+    """Split ``model`` into ``(graphdef, TrainState)`` with a fresh optimizer state."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    key = jax.random.key_data(jax.random.key(seed))
+    state = TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params), key)
+    return graphdef, state
+
+
+def _step_key(state: TrainState) -> jax.Array:
+    return jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, objective: Objective):
+    """``train_step(state, batch) -> (state, metrics)``: jitted, with ``state`` donated.
+
+    ``objective(model, batch, key=...)`` returns ``(loss, metrics)``; the step differentiates the
+    loss with respect to the ``nnx.Param`` variables and applies ``tx``. Variables the objective
+    changes in place (``rest``) are carried over.
+    """
+
+    def train_step(state: TrainState, batch: Any):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.rest)
+            loss, metrics = objective(model, batch, key=_step_key(state))
+            _, _, rest = nnx.split(model, nnx.Param, ...)
+            return loss, (metrics, rest)
+
+        (_, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        new = TrainState(state.step + 1, params, rest, opt_state, state.key)
+        return new, metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphdef, objective: Objective):
+    """``eval_step(state, batch, weights) -> metrics``: jitted, no update."""
+
+    def eval_step(state: TrainState, batch: Any, weights: jax.Array):
+        model = nnx.merge(graphdef, state.params, state.rest)
+        _, metrics = objective(model, batch, key=_step_key(state), weights=weights)
+        return metrics
+
+    return jax.jit(eval_step)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if "/" not in k and jnp.ndim(v) == 0}
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` plus TensorBoard event files; process 0 only; rewinds on resume."""
+
+    def __init__(self, workdir: str, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        if not enabled:
+            return
+        if os.path.exists(self.path):  # drop what was logged after the checkpoint we resume from
+            with open(self.path) as f:
+                kept = [line for line in f if json.loads(line)["step"] <= start_step]
+            with open(self.path, "w") as f:
+                f.writelines(kept)
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        values = {k: float(v) for k, v in values.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        for k, v in values.items():
+            self.writer.add_scalar(f"{split}/{k}", v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.writer.close()
+
+
+def _checkpoint_manager(workdir: str, config):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=config.train.get("keep_checkpoints", 3),
+        save_interval_steps=1,  # the loop decides when
+        create=True,
+    )
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def _save(mgr, state: TrainState, data_iter) -> None:
+    import grain
+    import orbax.checkpoint as ocp
+
+    step = int(state.step)
+    mgr.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)
+        ),
+    )
+
+
+def _restore(mgr, step: int, target: TrainState, data_iter) -> TrainState:
+    import grain
+    import orbax.checkpoint as ocp
+
+    restored = mgr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(data_iter)
+        ),
+    )
+    return restored["state"]
+
+
+def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int) -> dict:
+    """Metrics over the whole of ``source``: totals divided by the number of examples.
+
+    The last batch is padded to ``batch_size`` and masked, so every example counts once.
+    """
+    from vqjax import data as data_lib
+
+    it = data_lib.make_pipeline(
+        source, batch_size=batch_size, seed=0, shuffle=False, repeat=False, drop_remainder=False
+    )
+    local = batch_size // jax.process_count()
+    totals: dict = {}
+    for batch in it:
+        n = batch["image"].shape[0]
+        weights = np.zeros((local,), np.float32)
+        weights[:n] = 1.0
+        if n < local:
+            batch = jax.tree.map(lambda x: np.concatenate([x, np.zeros((local - n, *x.shape[1:]), x.dtype)]), batch)
+        m = eval_step(state, shard_batch(batch, mesh), shard_batch(weights, mesh))
+        keep = {k: v for k, v in m.items() if k.startswith("sum/") or k in ("weight", "counts")}
+        totals = keep if not totals else jax.tree.map(jnp.add, totals, keep)
+    from vqjax import quantizers
+
+    weight = float(totals["weight"])
+    out = {k[4:]: float(v) / weight for k, v in totals.items() if k.startswith("sum/")}
+    if "counts" in totals:
+        counts = np.asarray(totals["counts"])
+        out["perplexity"] = float(quantizers.perplexity(counts))
+        out["used_fraction"] = float(np.mean(counts > 0))
+        out["_counts"] = counts
+    out["num_examples"] = int(weight)
+    return out
+
+
+def train_and_evaluate(
+    config,
+    workdir: str,
+    *,
+    model_fn: Callable[[nnx.Rngs], nnx.Module],
+    objective: Objective,
+    reconstruct: Callable[[nnx.Module, jax.Array], jax.Array],
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train, checkpoint, resume, evaluate on the test split, draw pictures, write a summary.
+
+    ``config`` is an ``ml_collections.ConfigDict`` with ``seed``, ``data`` (``dataset``,
+    ``idx_dir``, ``tfds_data_dir``, ``batch_size``, ``eval_batch_size``), ``optimizer``
+    (``learning_rate``, ``warmup_steps``) and ``train`` (``steps``, ``log_every``,
+    ``checkpoint_every``). Running again with the same ``workdir`` resumes from the latest
+    checkpoint; a finished run only evaluates and reports. Returns the summary dict.
+    """
+    from tqdm import tqdm
+
+    from vqjax import data as data_lib
+    from vqjax import viz
+
+    maybe_initialize_distributed()
+    t_start = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    steps, batch_size = int(config.train.steps), int(config.data.batch_size)
+    if steps < 1:
+        raise ValueError(f"`config.train.steps` must be >= 1; got {steps}.")
+    mesh = make_mesh()
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"`config.data.batch_size`={batch_size} must be divisible by the number of devices {mesh.size}."
+        )
+    eval_batch_size = int(config.data.eval_batch_size)
+    if eval_batch_size % mesh.size:
+        raise ValueError(
+            f"`config.data.eval_batch_size`={eval_batch_size} must be divisible by the number of "
+            f"devices {mesh.size}."
+        )
+
+    src_kw = dict(dataset=config.data.dataset, idx_dir=config.data.idx_dir or None,
+                  tfds_data_dir=config.data.tfds_data_dir or None, log=log if is_main else (lambda s: None))
+    train_src = data_lib.get_source(split="train", **src_kw)
+    test_src = data_lib.get_source(split="test", **dict(src_kw, log=lambda s: None))
+    train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=config.seed)
+
+    tx = optax.adam(optax.linear_schedule(0.0, config.optimizer.learning_rate,
+                                          max(1, config.optimizer.warmup_steps))
+                    if config.optimizer.warmup_steps else config.optimizer.learning_rate)
+    model = model_fn(nnx.Rngs(config.seed))
+    graphdef, state = init_train_state(model, tx, seed=config.seed)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    del model
+
+    with jax.set_mesh(mesh):
+        state = replicate(state, mesh)
+        mgr = _checkpoint_manager(workdir, config)
+        latest = mgr.latest_step()
+        if latest is not None:
+            state = _restore(mgr, latest, state, train_iter)
+            state = replicate(state, mesh)
+            log(f"Resumed from the checkpoint at step {latest} in {workdir}.")
+        start = int(state.step)
+        train_step = make_train_step(graphdef, tx, objective)
+        eval_step = make_eval_step(graphdef, objective)
+        mlog = _MetricsLog(workdir, start, is_main)
+
+        log_every, ckpt_every = int(config.train.log_every), int(config.train.checkpoint_every)
+        pending: list[dict] = []
+        t_interval, n_interval, train_seconds = time.perf_counter(), 0, 0.0
+        bar = tqdm(total=steps, initial=start, desc="train", disable=not is_main or start >= steps,
+                   dynamic_ncols=True, mininterval=1.0)
+        step = start
+        while step < steps:
+            batch = shard_batch(next(train_iter), mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            n_interval += 1
+            pending.append(_scalars(metrics))
+            bar.update(1)
+            if step % log_every == 0 or step % ckpt_every == 0 or step == steps:
+                mean = {k: float(v) for k, v in jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending).items()}
+                losses = np.array([float(m["loss"]) for m in pending])
+                pending = []
+                elapsed = time.perf_counter() - t_interval
+                train_seconds += elapsed
+                mean["images_per_sec"] = n_interval * batch_size / elapsed
+                t_interval, n_interval = time.perf_counter(), 0
+                if not np.all(np.isfinite(losses)):
+                    bar.close()
+                    mgr.wait_until_finished()
+                    good = mgr.latest_step()
+                    raise NonFiniteLossError(
+                        f"Non-finite loss at or before step {step} (loss={losses[-1]}); stopping. The last "
+                        f"good checkpoint (step {good}) is kept in {workdir}/checkpoints; lower "
+                        "--config.optimizer.learning_rate and run again to resume from it."
+                    )
+                mlog.write(step, "train", mean)
+                bar.set_postfix(loss=f"{mean['loss']:.2f}", img_s=f"{mean['images_per_sec']:.0f}")
+                if step % ckpt_every == 0 or step == steps:
+                    _save(mgr, state, train_iter)
+        bar.close()
+        mgr.wait_until_finished()
+        mgr.close()
+
+        ev = evaluate(eval_step, state, test_src, mesh, batch_size=eval_batch_size)
+        counts = ev.pop("_counts", None)
+        mlog.write(steps, "test", ev)
+        mlog.close()
+
+        summary = {
+            "steps": steps,
+            "resumed_from": latest,
+            "trained_steps_this_run": steps - start,
+            "train_seconds_this_run": round(train_seconds, 2),
+            "images_per_sec": round((steps - start) * batch_size / train_seconds, 1) if train_seconds else None,
+            "wall_seconds_this_run": None,
+            "data_source": train_src.name,
+            "train_examples": len(train_src),
+            "test_examples": len(test_src),
+            "num_devices": mesh.size,
+            "num_params": num_params,
+            "test": ev,
+            "config": config.to_dict(),
+        }
+        if is_main:
+            n_show = min(64, len(test_src))
+            x = np.stack([test_src[i]["image"] for i in range(n_show)]).astype(np.float32) / 255.0
+            model = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
+            x_hat = np.asarray(jax.jit(reconstruct)(model, jnp.asarray(x)))
+            viz.save_png(os.path.join(workdir, "reconstructions.png"), viz.reconstruction_grid(x, x_hat, ncols=16))
+            if counts is not None:
+                viz.save_usage_plot(
+                    os.path.join(workdir, "codebook_usage.png"), counts,
+                    title=f"test-set code usage: perplexity {ev['perplexity']:.1f}, "
+                          f"{ev['used_fraction']:.0%} of {len(counts)} codes used",
+                )
+            summary["wall_seconds_this_run"] = round(time.perf_counter() - t_start, 2)
+            with open(os.path.join(workdir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2, default=str)
+    return summary
