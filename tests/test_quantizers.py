@@ -162,8 +162,9 @@ def test_code_usage_sums_across_devices_in_shard_map():
         u = quantizers.code_usage(i, 16, axis_name="data")
         return u.counts, u.perplexity
 
-    counts, ppl = per_device(idx)
-    whole = quantizers.code_usage(idx, 16)
+    with jax.set_mesh(mesh):
+        counts, ppl = per_device(idx)
+    whole = quantizers.code_usage(np.asarray(idx), 16)
     np.testing.assert_array_equal(counts, whole.counts)
     np.testing.assert_allclose(ppl, whole.perplexity, rtol=1e-6)
 

