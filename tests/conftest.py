@@ -1,9 +1,17 @@
-"""Test set-up: 8 virtual CPU devices (before any computation) and strict dtype promotion."""
+"""Test set-up: 8 virtual CPU devices, set before any computation.
 
-import os
+The pure core (losses, quantizers) is also tested under strict dtype promotion, through the
+``strict_promotion`` fixture; optax itself is not strict-clean, so the training tests run with
+JAX's standard promotion.
+"""
 
-os.environ.setdefault("XLA_FLAGS", "")
-import jax  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
-jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+@pytest.fixture
+def strict_promotion():
+    with jax.numpy_dtype_promotion("strict"):
+        yield

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
 from vqjax import losses
 
 RNG = np.random.default_rng(0)

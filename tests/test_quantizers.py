@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
 from vqjax import losses, quantizers
 from vqjax.quantizers import _argmin_block, _fused_block
 

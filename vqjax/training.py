@@ -120,7 +120,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective: Objec
         (_, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         new = TrainState(state.step + 1, params, rest, opt_state, state.key)
         return new, metrics
 
