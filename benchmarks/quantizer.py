@@ -1,0 +1,341 @@
+"""The vector quantizer with its losses, forward + backward, against dm-haiku, vector-quantize-pytorch,
+and (nearest-code search only) faiss, each implementation × shape in its own subprocess.
+
+    python benchmarks/quantizer.py                          # the four default shapes, median of 7
+    python benchmarks/quantizer.py --shapes 65536x1024x64   # a subset (any N×K×D)
+    python benchmarks/quantizer.py --quick                  # smoke run: one small shape, 3 repeats
+
+Work timed per call, float32, z [N, D] ~ N(0, 1), codebook [K, D] ~ N(0, 1):
+
+* fwd+bwd: loss = codebook loss + 0.25 · commitment loss (per element, as haiku's ``loss``) plus a linear
+  "decoder" term ``sum(z_q · w) / N`` so that the straight-through path is in the backward; the
+  gradient with respect to z and the codebook (haiku: its parameters and inputs). vector-quantize-pytorch
+  runs its defaults (EMA codebook, ``rotation_trick`` on for dim > 1): commitment loss + decoder term,
+  ``loss.backward()``.
+* search only: the nearest-code indices (vqjax ``nearest_code``, faiss ``IndexFlatL2`` with k=1).
+* reference: NumPy's (N×D)·(D×K) float32 matrix product, the machine's own rate at that shape.
+
+Results: a markdown table on stdout and ``benchmarks/results/quantizer.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+import _common
+
+SHAPES = ((16384, 512, 64), (65536, 1024, 64), (262144, 1024, 64), (65536, 8192, 64))
+QUICK_SHAPES = ((4096, 256, 64),)
+BETA = 0.25
+TORCH_THREADS = 2
+WARMUP = 2
+
+# name -> (label, kind). Speedups compare each row with vqjax's row of the same kind.
+IMPLS = {
+    "matmul": ("NumPy matmul (N×D)·(D×K)", "reference"),
+    "vqjax": ("vqjax quantize + losses", "fwd+bwd"),
+    "haiku": ("dm-haiku VectorQuantizer", "fwd+bwd"),
+    "vqtorch": ("vector-quantize-pytorch VectorQuantize (EMA, rotation_trick on)", "fwd+bwd"),
+    "vqjax_search": ("vqjax nearest_code", "search only"),
+    "faiss": ("faiss IndexFlatL2, k=1", "search only"),
+}
+VQJAX_OF_KIND = {"fwd+bwd": "vqjax", "search only": "vqjax_search"}
+
+
+def make_inputs(n: int, k: int, d: int):
+    """``z [N, D]``, ``codebook [K, D]`` and the decoder weights ``w [D]``: float32, fixed seed."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((n, d), dtype=np.float32)
+    codebook = rng.standard_normal((k, d), dtype=np.float32)
+    w = rng.standard_normal((d,), dtype=np.float32)
+    return z, codebook, w
+
+
+# --------------------------------------------------------------------------- the JAX losses
+
+
+def _decoder_term(z_q, w):
+    """A linear stand-in for the decoder, so the straight-through gradient is exercised."""
+    return (z_q * w).sum() / z_q.shape[0]
+
+
+def vqjax_loss(z, codebook, w):
+    import jax.numpy as jnp
+
+    from vqjax import losses, quantizers
+
+    q = quantizers.quantize(z, codebook)
+    vq = losses.codebook_loss(z, q.codes) + losses.commitment_loss(z, q.codes, beta=BETA)
+    return jnp.mean(vq) / z.shape[-1] + _decoder_term(q.z_q, w)  # / D: per element, as haiku
+
+
+def haiku_model(d: int, k: int):
+    """``(apply, params_of)``: haiku's VectorQuantizer, and its parameters for a ``[K, D]`` codebook."""
+    import haiku as hk
+    import jax
+    import jax.numpy as jnp
+
+    def forward(z):
+        vq = hk.nets.VectorQuantizer(embedding_dim=d, num_embeddings=k, commitment_cost=BETA)
+        return vq(z, is_training=True)
+
+    model = hk.without_apply_rng(hk.transform(forward))
+    template = model.init(jax.random.key(0), jnp.zeros((1, d), jnp.float32))
+    (module,) = template  # haiku keeps its codebook as [D, K]
+    return model.apply, lambda codebook: {module: {"embeddings": jnp.asarray(codebook).T}}
+
+
+def haiku_loss(apply):
+    def loss(params, z, w):
+        out = apply(params, z)
+        return out["loss"] + _decoder_term(out["quantize"], w)
+
+    return loss
+
+
+def _compiled(fn, *args):
+    import jax
+
+    return jax.jit(fn).lower(*args).compile()
+
+
+# --------------------------------------------------------------------------- workers: set-up -> one call
+
+
+def setup_matmul(z, codebook, w):
+    e_t = np.ascontiguousarray(codebook.T)
+    return lambda: z @ e_t
+
+
+def setup_vqjax(z, codebook, w):
+    import jax
+
+    args = tuple(jax.device_put(a) for a in (z, codebook, w))
+    step = _compiled(jax.value_and_grad(vqjax_loss, argnums=(0, 1)), *args)
+    return lambda: jax.block_until_ready(step(*args))
+
+
+def setup_haiku(z, codebook, w):
+    import jax
+
+    apply, params_of = haiku_model(z.shape[1], codebook.shape[0])
+    args = (params_of(codebook), jax.device_put(z), jax.device_put(w))
+    step = _compiled(jax.value_and_grad(haiku_loss(apply), argnums=(0, 1)), *args)
+    return lambda: jax.block_until_ready(step(*args))
+
+
+def setup_vqtorch(z, codebook, w):
+    import torch
+    from vector_quantize_pytorch import VectorQuantize
+
+    torch.set_num_threads(TORCH_THREADS)
+    vq = VectorQuantize(dim=z.shape[1], codebook_size=codebook.shape[0]).train()  # its own codebook init
+    zt = torch.from_numpy(z)[None].requires_grad_(True)  # [1, N, D]
+    wt = torch.from_numpy(w)
+
+    def call():
+        zt.grad = None
+        quantized, _, commit = vq(zt)
+        loss = commit.sum() + (quantized * wt).sum() / z.shape[0]
+        loss.backward()
+
+    return call
+
+
+def setup_vqjax_search(z, codebook, w):
+    import jax
+
+    from vqjax import quantizers
+
+    args = (jax.device_put(z), jax.device_put(codebook))
+    search = _compiled(quantizers.nearest_code, *args)
+    return lambda: jax.block_until_ready(search(*args))
+
+
+def setup_faiss(z, codebook, w):
+    import faiss
+
+    faiss.omp_set_num_threads(TORCH_THREADS)
+    index = faiss.IndexFlatL2(z.shape[1])
+    index.add(codebook)
+    return lambda: index.search(z, 1)
+
+
+def blas_name() -> str:
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+
+
+def run_timing_worker(impl: str, shape, repeats: int) -> dict:
+    z, codebook, w = make_inputs(*shape)
+    call = globals()[f"setup_{impl}"](z, codebook, w)
+    times, peak = _common.time_calls(call, repeats=repeats, warmup=WARMUP)
+    result = {"times_s": times, "median_s": _common.median(times), "peak_gib": peak}
+    if impl == "matmul":
+        result["blas"] = blas_name()
+    return result
+
+
+def run_check_worker(shape) -> dict:
+    """vqjax against haiku on the same inputs: indices, loss and gradients; faiss's indices too."""
+    import faiss
+    import jax
+
+    from vqjax import quantizers
+
+    z, codebook, w = make_inputs(*shape)
+    apply, params_of = haiku_model(z.shape[1], codebook.shape[0])
+    params = params_of(codebook)
+    idx_vqjax = np.asarray(jax.jit(quantizers.nearest_code)(z, codebook))
+    idx_haiku = np.asarray(jax.jit(apply)(params, z)["encoding_indices"])
+    loss_v, (gz_v, ge_v) = jax.jit(jax.value_and_grad(vqjax_loss, argnums=(0, 1)))(z, codebook, w)
+    loss_h, (gp_h, gz_h) = jax.jit(jax.value_and_grad(haiku_loss(apply), argnums=(0, 1)))(params, z, w)
+    ge_h = next(iter(gp_h.values()))["embeddings"].T
+    index = faiss.IndexFlatL2(z.shape[1])
+    index.add(codebook)
+    idx_faiss = index.search(z, 1)[1][:, 0]
+    return {
+        "indices_identical": bool(np.array_equal(idx_vqjax, idx_haiku)),
+        "indices_differing": int(np.sum(idx_vqjax != idx_haiku)),
+        "loss_vqjax": float(loss_v),
+        "loss_haiku": float(loss_h),
+        "grad_z_max_abs_diff": float(np.max(np.abs(gz_v - gz_h))),
+        "grad_codebook_max_abs_diff": float(np.max(np.abs(ge_v - ge_h))),
+        "faiss_indices_differing": int(np.sum(idx_vqjax != idx_faiss)),
+    }
+
+
+# --------------------------------------------------------------------------- the parent: run and report
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    parts = text.replace(",", "x").lower().split("x")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"a shape is NxKxD, e.g. 65536x1024x64; got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def shape_str(shape) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def measure_shape(shape, impls, repeats: int) -> tuple[list[dict], dict]:
+    script, args = os.path.abspath(__file__), ["--shape", shape_str(shape).replace("×", "x")]
+    rows = []
+    for impl in ["matmul", *impls]:
+        print(f"  {shape_str(shape)}  {impl} ...", file=sys.stderr, flush=True)
+        res = _common.run_worker(script, impl, [*args, "--repeats", str(repeats)])
+        rows.append({"impl": impl, "label": IMPLS[impl][0], "kind": IMPLS[impl][1],
+                     "shape": list(shape), **res})
+    print(f"  {shape_str(shape)}  correctness check ...", file=sys.stderr, flush=True)
+    check = _common.run_worker(script, "check", args)
+    add_derived(rows, shape)
+    return rows, check
+
+
+def add_derived(rows: list[dict], shape) -> None:
+    """Throughput, GFLOP/s-equivalent, share of the matmul rate and vqjax's speedup, in place."""
+    n, k, d = shape
+    by_impl = {r["impl"]: r for r in rows if "median_s" in r}
+    matmul = by_impl.get("matmul")
+    for r in rows:
+        if "median_s" not in r:
+            continue
+        r["vectors_per_s"] = n / r["median_s"]
+        r["gflops_equivalent"] = 2 * n * k * d / r["median_s"] / 1e9
+        if matmul:
+            r["share_of_matmul"] = r["gflops_equivalent"] / matmul["gflops_equivalent"]
+        ref = by_impl.get(VQJAX_OF_KIND.get(r["kind"], ""))
+        if ref and ref is not r:
+            r["vqjax_speedup"] = r["median_s"] / ref["median_s"]
+
+
+def table(rows: list[dict]) -> str:
+    header = ["Implementation", "Work", "N×K×D", "Median s", "Vectors/s", "GFLOP/s-eq", "Share of matmul",
+              "Peak mem GiB", "vqjax speedup"]
+    body = []
+    for r in rows:
+        cells = [r["label"], r["kind"], shape_str(r["shape"])]
+        if "error" in r:
+            body.append(cells + ["failed: " + r["error"][:80]] + [""] * 5)
+            continue
+        share = f"{r['share_of_matmul']:.0%}" if "share_of_matmul" in r else "—"
+        speedup = f"{r['vqjax_speedup']:.2f}×" if "vqjax_speedup" in r else "—"
+        body.append(cells + [f"{r['median_s']:.4f}", f"{r['vectors_per_s']:.3g}",
+                             f"{r['gflops_equivalent']:.1f}", share, f"{r['peak_gib']:.2f}", speedup])
+    return _common.markdown_table(header, body)
+
+
+def check_line(shape, check: dict) -> str:
+    if "error" in check:
+        return f"- {shape_str(shape)}: check failed: {check['error']}"
+    agree = ("identical indices" if check["indices_identical"]
+             else f"indices differ for {check['indices_differing']} of {shape[0]} vectors")
+    return (f"- {shape_str(shape)}: vqjax vs haiku: {agree}; loss {check['loss_vqjax']:.6g} vs "
+            f"{check['loss_haiku']:.6g}; max |Δgrad| z {check['grad_z_max_abs_diff']:.2g}, codebook "
+            f"{check['grad_codebook_max_abs_diff']:.2g}. faiss's indices differ from vqjax's for "
+            f"{check['faiss_indices_differing']} of {shape[0]} vectors"
+            + (" (float32 near-ties)." if check["faiss_indices_differing"] else "."))
+
+
+def notes(blas: str) -> list[str]:
+    return [
+        "Times are medians of the timed calls after warm-up, each implementation × shape in its own process.",
+        "GFLOP/s-eq = 2·N·K·D / median time (the distance product only). Share of matmul = that over the rate "
+        f"of NumPy's (N×D)·(D×K) float32 product ({blas}, all cores) timed at the same shape in this run.",
+        "Peak mem = the process's peak RSS during warm-up and timed calls minus its RSS just before them "
+        "(inputs built, code compiled, freed heap returned to the OS).",
+        "vqjax speedup = peer's time / vqjax's time for the same work (fwd+bwd: vqjax quantize + losses; "
+        "search only: vqjax nearest_code). Above 1×: vqjax is faster.",
+        "vector-quantize-pytorch runs its defaults: EMA codebook update and rotation_trick=True (its default "
+        f"for dim > 1); torch.set_num_threads({TORCH_THREADS}). faiss: omp_set_num_threads({TORCH_THREADS}).",
+        "Search-only rows find the nearest code and nothing else (no loss, no gradient).",
+    ]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="+", type=parse_shape, help="N×K×D shapes, e.g. 65536x1024x64")
+    p.add_argument("--impls", nargs="+", choices=[i for i in IMPLS if i != "matmul"],
+                   default=[i for i in IMPLS if i != "matmul"], help="implementations (matmul always runs)")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per implementation × shape (median)")
+    p.add_argument("--quick", action="store_true", help="smoke run: one small shape, 3 repeats")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/quantizer[-quick].json)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--shape", type=parse_shape, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker == "check":
+        return _common.emit(run_check_worker(args.shape))
+    if args.worker:
+        return _common.emit(run_timing_worker(args.worker, args.shape, args.repeats))
+
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
+    repeats = 3 if args.quick and args.repeats == 7 else args.repeats
+    env = _common.environment()
+    print(_common.describe_environment(env), file=sys.stderr)
+    _common.warn_if_busy(env)
+    rows, checks = [], {}
+    for shape in shapes:
+        shape_rows, checks[shape_str(shape)] = measure_shape(shape, args.impls, repeats)
+        rows += shape_rows
+    blas = next((r["blas"] for r in rows if "blas" in r), "NumPy BLAS")
+
+    print(f"\n## Vector quantizer, float32, median of {repeats} calls\n")
+    print(_common.describe_environment(env) + "\n")
+    print(table(rows) + "\n")
+    print("\n".join("- " + n for n in notes(blas)))
+    print("\nCorrectness (once per shape, same inputs):")
+    print("\n".join(check_line(tuple(map(int, s.split("×"))), c) for s, c in checks.items()))
+
+    out = args.out or os.path.join(_common.RESULTS_DIR, "quantizer-quick.json" if args.quick else "quantizer.json")
+    _common.write_json(out, {"environment": env, "repeats": repeats, "warmup": WARMUP, "beta": BETA,
+                             "matmul_blas": blas, "notes": notes(blas), "rows": rows, "checks": checks})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Images per second of the VQ-VAE training step: vqjax against the same architecture in PyTorch.
+
+    python benchmarks/train_step.py           # warm-up, then the median of 7 timings of 20 steps
+    python benchmarks/train_step.py --quick   # smoke run: 3 timings of 5 steps
+
+Batch 128 of 28×28×1 images, uniform in [0, 1]; the default config of ``experiments/vqvae_mnist.py``
+(K=512, D=64, hidden 64, residual hidden 32, 2 residual blocks, Adam lr 1e-3, β=0.25, Bernoulli
+likelihood). Three variants, each in its own subprocess:
+
+* vqjax: ``vqjax.training.make_train_step`` on the experiment's model and objective (jitted, donated).
+* PyTorch + vector-quantize-pytorch ``VectorQuantize(dim=64, codebook_size=512, commitment_weight=0.25)``
+  with its defaults (EMA codebook, rotation trick).
+* PyTorch + a plain VQ (the paper's): codebook ``nn.Embedding`` uniform in ±1/K, nearest code from
+  ``||z||² - 2 z·e + ||e||²``, straight-through, codebook loss + β · commitment loss.
+
+PyTorch runs with ``torch.set_num_threads(2)``; XLA uses every core (2 here). Results: a markdown table on
+stdout and ``benchmarks/results/train_step.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+import _common
+
+BATCH, IMAGE = 128, (28, 28, 1)
+TORCH_THREADS = 2
+WARMUP_STEPS = 5
+
+VARIANTS = {
+    "vqjax": "vqjax (Flax NNX, jax.jit, donated state)",
+    "torch_vqp": "PyTorch + vector-quantize-pytorch VectorQuantize (EMA, rotation_trick on)",
+    "torch_plain": "PyTorch + plain VQ (paper's)",
+}
+
+
+def make_images() -> np.ndarray:
+    """``[B, 28, 28, 1]`` float32, uniform in [0, 1] (NHWC)."""
+    return np.random.default_rng(0).uniform(size=(BATCH, *IMAGE)).astype(np.float32)
+
+
+def time_steps(run_steps, *, timings: int, steps: int) -> list[float]:
+    """Seconds of each of ``timings`` runs of ``steps`` training steps, after a warm-up."""
+    run_steps(WARMUP_STEPS)
+    out = []
+    for _ in range(timings):
+        t0 = time.perf_counter()
+        run_steps(steps)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+# --------------------------------------------------------------------------- vqjax
+
+
+def setup_vqjax():
+    """``(run_steps, num_params, config)`` for the experiment's default VQ-VAE."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from experiments import vqvae_mnist
+    from vqjax import training
+
+    config = vqvae_mnist.get_config()
+    model_fn, objective, _ = vqvae_mnist.build(config)
+    opt = config.optimizer  # the optimizer of vqjax.training.train_and_evaluate
+    lr = optax.linear_schedule(0.0, opt.learning_rate, max(1, opt.warmup_steps)) if opt.warmup_steps \
+        else opt.learning_rate
+    tx = optax.adam(lr)
+    graphdef, state = training.init_train_state(model_fn(nnx.Rngs(config.seed)), tx, seed=config.seed)
+    step = training.make_train_step(graphdef, tx, objective)
+    batch = {"image": jax.device_put(make_images())}
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    holder = [state]
+
+    def run_steps(n):
+        s = holder[0]
+        for _ in range(n):
+            s, _ = step(s, batch)
+        holder[0] = jax.block_until_ready(s)
+
+    return run_steps, num_params, {"buffers": 0, "model": config.model.to_dict(),
+                                   "optimizer": config.optimizer.to_dict()}
+
+
+# --------------------------------------------------------------------------- PyTorch
+
+
+def torch_vqvae(quantizer: str, num_codes=512, code_dim=64, hidden=64, residual_hidden=32, num_residual=2,
+                beta=0.25):
+    """The same VQ-VAE in PyTorch (NCHW); ``forward(x)`` returns the batch-mean loss."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv3 = nn.Conv2d(hidden, residual_hidden, 3, padding=1)
+            self.conv1 = nn.Conv2d(residual_hidden, hidden, 1)
+
+        def forward(self, x):
+            return x + self.conv1(F.relu(self.conv3(F.relu(x))))
+
+    class PlainVQ(nn.Module):
+        """Nearest code, straight-through, codebook + β·commitment losses (summed per image)."""
+
+        def __init__(self):
+            super().__init__()
+            self.codebook = nn.Embedding(num_codes, code_dim)
+            nn.init.uniform_(self.codebook.weight, -1.0 / num_codes, 1.0 / num_codes)
+
+        def forward(self, z):  # [B, D, H, W]
+            b, d, h, w = z.shape
+            e = self.codebook.weight
+            with torch.no_grad():
+                flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+                dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)
+                idx = dist.argmin(1)
+            codes = self.codebook(idx).view(b, h, w, d).permute(0, 3, 1, 2)
+            codebook_loss = (z.detach() - codes).pow(2).sum((1, 2, 3)).mean()
+            commitment = (z - codes.detach()).pow(2).sum((1, 2, 3)).mean()
+            return z + (codes - z).detach(), codebook_loss + beta * commitment
+
+    class LucidrainsVQ(nn.Module):
+        def __init__(self):
+            super().__init__()
+            from vector_quantize_pytorch import VectorQuantize
+
+            self.vq = VectorQuantize(dim=code_dim, codebook_size=num_codes, commitment_weight=beta)
+
+        def forward(self, z):  # [B, D, H, W] -> [B, H·W, D] and back
+            b, d, h, w = z.shape
+            q, _, loss = self.vq(z.flatten(2).transpose(1, 2))
+            return q.transpose(1, 2).reshape(b, d, h, w), loss.sum()
+
+    class VQVAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(
+                nn.Conv2d(IMAGE[2], hidden // 2, 4, 2, 1), nn.ReLU(),
+                nn.Conv2d(hidden // 2, hidden, 4, 2, 1), nn.ReLU(),
+                nn.Conv2d(hidden, hidden, 3, padding=1),
+                *[Residual() for _ in range(num_residual)], nn.ReLU(),
+                nn.Conv2d(hidden, code_dim, 1),
+            )
+            self.quantizer = PlainVQ() if quantizer == "plain" else LucidrainsVQ()
+            self.decoder = nn.Sequential(
+                nn.Conv2d(code_dim, hidden, 3, padding=1),
+                *[Residual() for _ in range(num_residual)], nn.ReLU(),
+                nn.ConvTranspose2d(hidden, hidden // 2, 4, 2, 1), nn.ReLU(),
+                nn.ConvTranspose2d(hidden // 2, IMAGE[2], 4, 2, 1),
+            )
+
+        def forward(self, x):
+            z_q, vq_loss = self.quantizer(self.encoder(x))
+            logits = self.decoder(z_q)
+            rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3)).mean()
+            return rec + vq_loss
+
+    return VQVAE()
+
+
+def setup_torch(quantizer: str):
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
+    torch.manual_seed(0)
+    model = torch_vqvae(quantizer).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.from_numpy(make_images()).permute(0, 3, 1, 2).contiguous()  # NCHW
+
+    def run_steps(n):
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            model(x).backward()
+            opt.step()
+
+    num_params = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers())
+    return run_steps, num_params, {"buffers": buffers, "torch_threads": torch.get_num_threads()}
+
+
+def run_worker(variant: str, timings: int, steps: int) -> dict:
+    if variant == "vqjax":
+        run_steps, num_params, extra = setup_vqjax()
+    else:
+        run_steps, num_params, extra = setup_torch(variant.removeprefix("torch_"))
+    times = time_steps(run_steps, timings=timings, steps=steps)
+    rates = [steps * BATCH / t for t in times]
+    return {"num_params": int(num_params), "timings_s": times, "images_per_s_each": rates,
+            "images_per_s": _common.median(rates), **extra}
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+def param_note(results: dict) -> str:
+    ref, plain = results["vqjax"].get("num_params"), results["torch_plain"].get("num_params")
+    vqp = results["torch_vqp"]
+    parts = [f"vqjax {ref:,} vs PyTorch plain VQ {plain:,}: " + ("match" if ref == plain else "DIFFER")]
+    if "num_params" in vqp:
+        parts.append(f"vector-quantize-pytorch variant {vqp['num_params']:,} trainable + {vqp['buffers']:,} in "
+                     "buffers (its EMA codebook is a buffer, not a parameter)")
+    return "Parameters: " + "; ".join(parts) + "."
+
+
+def table(results: dict) -> str:
+    ref = results["vqjax"].get("images_per_s")
+    rows = []
+    for name, label in VARIANTS.items():
+        r = results[name]
+        if "error" in r:
+            rows.append([label, "", "failed: " + r["error"][:80], "", ""])
+            continue
+        speedup = "—" if name == "vqjax" or not ref else f"{ref / r['images_per_s']:.2f}×"
+        rows.append([label, f"{r['num_params']:,}", f"{r['images_per_s']:,.0f}",
+                     f"{BATCH / r['images_per_s'] * 1e3:.1f}", speedup])
+    return _common.markdown_table(["Implementation", "Parameters", "Images/s (median)", "ms/step",
+                                   "vqjax speedup"], rows)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--timings", type=int, default=7, help="timed runs per variant (median)")
+    p.add_argument("--steps", type=int, default=20, help="training steps per timed run")
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 timings of 5 steps")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/train_step[-quick].json)")
+    p.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.timings, args.steps = 3, 5
+
+    if args.worker:
+        return _common.emit(run_worker(args.worker, args.timings, args.steps))
+
+    env = _common.environment()
+    print(_common.describe_environment(env), file=sys.stderr)
+    _common.warn_if_busy(env)
+    results = {}
+    for name in VARIANTS:
+        print(f"  {name} ...", file=sys.stderr, flush=True)
+        results[name] = _common.run_worker(os.path.abspath(__file__), name,
+                                           ["--timings", str(args.timings), "--steps", str(args.steps)])
+
+    print(f"\n## VQ-VAE training step, batch {BATCH} of 28×28×1, median of {args.timings} timings of "
+          f"{args.steps} steps after {WARMUP_STEPS} warm-up steps\n")
+    print(_common.describe_environment(env) + "\n")
+    print(table(results) + "\n")
+    notes = [
+        param_note(results) if all("num_params" in results[v] for v in ("vqjax", "torch_plain")) else
+        "Parameters: a variant failed, no comparison.",
+        "vqjax speedup = vqjax images/s ÷ the row's images/s (above 1×: vqjax is faster).",
+        f"PyTorch: torch.set_num_threads({TORCH_THREADS}); JAX: XLA's CPU thread pool over all cores. "
+        "The vqjax step also computes its logged metrics (code usage, perplexity, MSE, gradient norm).",
+        "Losses: BCE-with-logits summed per image, mean over the batch, + codebook + 0.25 · commitment "
+        "(summed per image) for vqjax and the plain VQ; vector-quantize-pytorch adds its own commitment "
+        "loss (per-element mean × 0.25) and learns the codebook by EMA.",
+    ]
+    print("\n".join("- " + n for n in notes))
+    out = args.out or os.path.join(_common.RESULTS_DIR, "train_step-quick.json" if args.quick else "train_step.json")
+    _common.write_json(out, {"environment": env, "batch": BATCH, "timings": args.timings, "steps": args.steps,
+                             "warmup_steps": WARMUP_STEPS, "notes": notes, "results": results})
+
+
+if __name__ == "__main__":
+    main()
