@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 
@@ -17,23 +18,45 @@ class ResidualBlock(nnx.Module):
 
     def __init__(self, channels: int, hidden: int, *, rngs: nnx.Rngs):
         self.conv3 = nnx.Conv(channels, hidden, (3, 3), padding="SAME", rngs=rngs)
-        self.conv1 = nnx.Conv(hidden, channels, (1, 1), rngs=rngs)
+        self.conv1 = nnx.Linear(hidden, channels, rngs=rngs)  # a 1x1 convolution, as a matmul
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x + self.conv1(jax.nn.relu(self.conv3(jax.nn.relu(x))))
 
 
+def _phase_taps() -> np.ndarray:
+    """``[3, 3, 2, 2]`` index into the 16 taps of a 4×4 kernel (16 = none) for each 3×3 offset.
+
+    Output phase ``(a, c)`` of a stride-2 transposed convolution reads input offset
+    ``(a + u - 1, c + v - 1)``, ``u, v ∈ {0, 1}``, through kernel tap ``(3 - a - 2u, 3 - c - 2v)``.
+    """
+    taps = np.full((3, 3, 2, 2), 16, np.int32)
+    for a in (0, 1):
+        for c in (0, 1):
+            for u in (0, 1):
+                for v in (0, 1):
+                    taps[a + u, c + v, a, c] = 4 * (3 - a - 2 * u) + (3 - c - 2 * v)
+    return taps
+
+
+_PHASE_TAPS = _phase_taps()
+
+
 class SubpixelConvTranspose(nnx.Module):
-    r"""A 4×4, stride-2 transposed convolution written as four 2×2 convolutions.
+    r"""A 4×4, stride-2 transposed convolution computed as a sub-pixel convolution.
 
-    ``[B, H, W, C_in] -> [B, 2H, 2W, C_out]``. It computes exactly
-    ``conv_transpose(x, kernel, strides=2, padding=1)`` (PyTorch's ``ConvTranspose2d(C_in, C_out,
-    4, 2, 1)``): output pixel ``(2i + a, 2j + b)`` depends only on the 2×2 input window at
-    ``(i + a - 1, j + b - 1)``, through the kernel taps ``3 - a - 2u`` (rows) and ``3 - b - 2v``
-    (columns), ``u, v ∈ {0, 1}``. The same FLOPs as the dilated form, without the 3/4 of
-    multiplications by inserted zeros that XLA's CPU backend does not skip.
+    ``[B, H, W, C_in] -> [B, 2H, 2W, C_out]``, exactly PyTorch's
+    ``ConvTranspose2d(C_in, C_out, 4, stride=2, padding=1)``::
 
-    ``kernel`` is ``[4, 4, C_in, C_out]``: ``y[2i + u - 1, 2j + v - 1] += x[i, j] @ kernel[u, v]``.
+        y[2i + u - 1, 2j + v - 1] += x[i, j] @ kernel[u, v]
+
+    Output pixel ``(2i + a, 2j + c)`` depends only on the 3×3 input neighbourhood of ``(i, j)``,
+    so the layer is one stride-1 3×3 convolution to ``4·C_out`` channels (the four phases
+    ``(a, c)``, a kernel gathered from the 4×4 one with zeros where a phase has no tap) followed
+    by depth-to-space (Shi et al., 2016). XLA's CPU backend runs this several times faster than
+    the input-dilated form, which multiplies by the inserted zeros.
+
+    ``kernel`` is ``[4, 4, C_in, C_out]``; ``bias`` is ``[C_out]``.
     """
 
     def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
@@ -47,19 +70,12 @@ class SubpixelConvTranspose(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, _ = x.shape
         kernel = self.kernel[...]
-        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        rows = []
-        for a in (0, 1):
-            cols = []
-            for c in (0, 1):
-                # 2x2 phase kernel: taps (3 - a - 2u, 3 - c - 2v); a window starting at padded (a, c).
-                k = kernel[jnp.array([3 - a, 1 - a])][:, jnp.array([3 - c, 1 - c])]
-                window = xp[:, a : a + h + 1, c : c + w + 1, :]
-                cols.append(
-                    jax.lax.conv_general_dilated(
-                        window, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-                    )
-                )
-            rows.append(jnp.stack(cols, axis=3))  # [B, H, W, 2(c), C]
-        y = jnp.stack(rows, axis=2)  # [B, H, 2(a), W, 2(c), C]
-        return y.reshape(b, 2 * h, 2 * w, -1) + self.bias[...]
+        c_in, c_out = kernel.shape[2], kernel.shape[3]
+        taps = jnp.concatenate([kernel.reshape(16, c_in, c_out), jnp.zeros((1, c_in, c_out), kernel.dtype)])
+        k3 = taps[_PHASE_TAPS]  # [3, 3, 2(a), 2(c), C_in, C_out]
+        k3 = k3.transpose(0, 1, 4, 2, 3, 5).reshape(3, 3, c_in, 4 * c_out)
+        y = jax.lax.conv_general_dilated(
+            x, k3.astype(x.dtype), (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        y = y.reshape(b, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)  # [B, H, a, W, c, C_out]
+        return y.reshape(b, 2 * h, 2 * w, c_out) + self.bias[...]

@@ -40,7 +40,7 @@ class Encoder(nnx.Module):
         self.residual = nnx.List(
             [ResidualBlock(hidden, residual_hidden, rngs=rngs) for _ in range(num_residual)]
         )
-        self.project = nnx.Conv(hidden, code_dim, (1, 1), rngs=rngs)
+        self.project = nnx.Linear(hidden, code_dim, rngs=rngs)  # 1x1 convolution
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = jax.nn.relu(self.conv1(x))
