@@ -24,9 +24,8 @@ import argparse
 import os
 import sys
 
-import numpy as np
-
 import _common
+import numpy as np
 
 SHAPES = ((16384, 512, 64), (65536, 1024, 64), (262144, 1024, 64), (65536, 8192, 64))
 QUICK_SHAPES = ((4096, 256, 64),)

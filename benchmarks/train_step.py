@@ -24,9 +24,8 @@ import os
 import sys
 import time
 
-import numpy as np
-
 import _common
+import numpy as np
 
 BATCH, IMAGE = 128, (28, 28, 1)
 TORCH_THREADS = 2

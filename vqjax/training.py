@@ -150,6 +150,14 @@ def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if "/" not in k and jnp.ndim(v) == 0}
 
 
+def _parse(line: str) -> dict | None:
+    """A metrics line, or None for a line cut short by a kill."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 class _MetricsLog:
     """``metrics.jsonl`` plus TensorBoard event files; process 0 only; rewinds on resume."""
 
@@ -158,9 +166,12 @@ class _MetricsLog:
         self.path = os.path.join(workdir, "metrics.jsonl")
         if not enabled:
             return
-        if os.path.exists(self.path):  # drop what was logged after the checkpoint we resume from
+        if os.path.exists(self.path):
             with open(self.path) as f:
-                kept = [line for line in f if json.loads(line)["step"] <= start_step]
+                rows = [(line, _parse(line)) for line in f]
+            # Drop what was logged after the checkpoint, and a finished run's test line (redone).
+            kept = [line for line, r in rows
+                    if r and (r["step"] < start_step or (r["step"] == start_step and r["split"] == "train"))]
             with open(self.path, "w") as f:
                 f.writelines(kept)
         from tensorboardX import SummaryWriter
