@@ -74,7 +74,7 @@ def setup_vqjax(per_core: bool):
     num_devices = training.use_cpu_cores_as_devices((BATCH,)) if per_core else 1
 
     config = vqvae_mnist.get_config()
-    model_fn, objective, _ = vqvae_mnist.build(config)
+    model_fn, objective, *_ = vqvae_mnist.build(config)
     opt = config.optimizer  # the optimizer of vqjax.training.train_and_evaluate
     lr = optax.linear_schedule(0.0, opt.learning_rate, max(1, opt.warmup_steps)) if opt.warmup_steps \
         else opt.learning_rate

@@ -17,7 +17,9 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from vqjax import objectives
+import jax.numpy as jnp
+
+from vqjax import objectives, quantization
 from vqjax.nn import VQVAE
 
 
@@ -37,6 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         num_codes=512, code_dim=64, hidden=64, residual_hidden=32, num_residual=2,
         beta=0.25, likelihood="bernoulli",
+        # "uniform": U(-1/K, 1/K) as in the paper; "lloyd": generalized Lloyd (k-means++ start) on the
+        # encoder outputs of a first batch of training data.
+        codebook_init="uniform",
     ))
     c.optimizer = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=100))
     c.train = ml_collections.ConfigDict(dict(
@@ -46,8 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def build(config: ml_collections.ConfigDict):
-    """``(model_fn, objective, reconstruct)`` for :func:`vqjax.training.train_and_evaluate`."""
+    """``(model_fn, objective, reconstruct, init_fn)`` for :func:`vqjax.training.train_and_evaluate`."""
     m = config.model
+    if m.codebook_init not in ("uniform", "lloyd"):
+        raise ValueError(f"`config.model.codebook_init` must be 'uniform' or 'lloyd'; got {m.codebook_init!r}.")
 
     def model_fn(rngs):
         return VQVAE(in_channels=1, num_codes=m.num_codes, code_dim=m.code_dim, hidden=m.hidden,
@@ -61,7 +68,13 @@ def build(config: ml_collections.ConfigDict):
     def reconstruct(model, x):
         return objectives.reconstruction_mean(model(x).logits, m.likelihood)
 
-    return model_fn, objective, reconstruct
+    def init_codebook(model, batch, key):
+        """Fit the codebook to the fresh encoder's outputs on a first batch (generalized Lloyd)."""
+        z_e = model.encoder(jnp.asarray(batch["image"])).reshape(-1, m.code_dim)
+        fit = quantization.generalized_lloyd(z_e, m.num_codes, key=key, init="kmeans++", max_iter=50)
+        model.codebook[...] = fit.codebook
+
+    return model_fn, objective, reconstruct, (init_codebook if m.codebook_init == "lloyd" else None)
 
 
 _CONFIG = config_flags.DEFINE_config_dict("config", get_config())
@@ -80,9 +93,9 @@ def main(argv):
     config = _CONFIG.value
     if config.cpu_devices_per_core:
         training.use_cpu_cores_as_devices((config.data.batch_size, config.data.eval_batch_size))
-    model_fn, objective, reconstruct = build(config)
+    model_fn, objective, reconstruct, init_fn = build(config)
     summary = training.train_and_evaluate(config, _WORKDIR.value, model_fn=model_fn, objective=objective,
-                                          reconstruct=reconstruct)
+                                          reconstruct=reconstruct, init_fn=init_fn)
     test = summary["test"]
     print(json.dumps({k: summary[k] for k in ("steps", "data_source", "images_per_sec",
                                                "wall_seconds_this_run")}))

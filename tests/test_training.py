@@ -47,7 +47,7 @@ def _tiny_config(idx_dir, **train):
 
 
 def _run_steps(mesh, config, batches):
-    model_fn, objective, _ = vqvae_mnist.build(config)
+    model_fn, objective, *_ = vqvae_mnist.build(config)
     tx = optax.adam(1e-3)
     graphdef, state = training.init_train_state(model_fn(nnx.Rngs(0)), tx, seed=0)
     step = training.make_train_step(graphdef, tx, objective)
@@ -139,7 +139,7 @@ def test_killed_run_resumes_exactly(idx_dir, tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
     config = _tiny_config(idx_dir, steps=30, log_every=1, checkpoint_every=1)
     config.optimizer.update(learning_rate=1e30, warmup_steps=10)
-    model_fn, objective, reconstruct = vqvae_mnist.build(config)
+    model_fn, objective, reconstruct, _ = vqvae_mnist.build(config)
     with pytest.raises(training.NonFiniteLossError, match="last good checkpoint"):
         training.train_and_evaluate(config, str(tmp_path), model_fn=model_fn, objective=objective,
                                     reconstruct=reconstruct, log=lambda s: None)
@@ -151,7 +151,36 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_p
 def test_bad_batch_size_is_a_clear_error(idx_dir, tmp_path):
     config = _tiny_config(idx_dir)
     config.data.batch_size = 12  # not divisible by 8 devices
-    model_fn, objective, reconstruct = vqvae_mnist.build(config)
+    model_fn, objective, reconstruct, _ = vqvae_mnist.build(config)
     with pytest.raises(ValueError, match="batch_size"):
         training.train_and_evaluate(config, str(tmp_path), model_fn=model_fn, objective=objective,
                                     reconstruct=reconstruct)
+
+
+def test_lloyd_codebook_init_fits_the_encoder_outputs(idx_dir):
+    from vqjax import quantizers
+
+    config = _tiny_config(idx_dir)
+    config.model.codebook_init = "lloyd"
+    model_fn, _, _, init_fn = vqvae_mnist.build(config)
+    model = model_fn(nnx.Rngs(0))
+    images = np.stack([data.idx_source(idx_dir, "train")[i]["image"] for i in range(64)]) / np.float32(255)
+    z_e = np.asarray(model.encoder(images)).reshape(-1, TINY["code_dim"])
+
+    def distortion(codebook):
+        idx = np.asarray(quantizers.nearest_code(z_e, codebook))
+        return float(np.mean(np.sum((z_e - np.asarray(codebook)[idx]) ** 2, -1)))
+
+    before = distortion(model.codebook[...])
+    init_fn(model, {"image": images}, jax.random.key(0))
+    after = distortion(model.codebook[...])
+    assert after < 0.5 * before
+    used = np.unique(np.asarray(quantizers.nearest_code(z_e, model.codebook[...])))
+    assert len(used) == TINY["num_codes"]  # every code is the centroid of a non-empty cell
+
+
+def test_unknown_codebook_init_is_a_clear_error(idx_dir):
+    config = _tiny_config(idx_dir)
+    config.model.codebook_init = "zeros"
+    with pytest.raises(ValueError, match="codebook_init"):
+        vqvae_mnist.build(config)

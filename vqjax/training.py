@@ -298,6 +298,7 @@ def train_and_evaluate(
     model_fn: Callable[[nnx.Rngs], nnx.Module],
     objective: Objective,
     reconstruct: Callable[[nnx.Module, jax.Array], jax.Array],
+    init_fn: Callable[[nnx.Module, dict, jax.Array], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train, checkpoint, resume, evaluate on the test split, draw pictures, write a summary.
@@ -306,7 +307,10 @@ def train_and_evaluate(
     ``idx_dir``, ``tfds_data_dir``, ``batch_size``, ``eval_batch_size``), ``optimizer``
     (``learning_rate``, ``warmup_steps``) and ``train`` (``steps``, ``log_every``,
     ``checkpoint_every``). Running again with the same ``workdir`` resumes from the latest
-    checkpoint; a finished run only evaluates and reports. Returns the summary dict.
+    checkpoint; a finished run only evaluates and reports. ``init_fn(model, batch, key)``, if
+    given, adjusts the fresh model in place from a first batch of ``batch_size`` training
+    examples (the same on every process; e.g. a codebook fitted to encoder outputs) before
+    training starts. Returns the summary dict.
     """
     from tqdm import tqdm
 
@@ -342,6 +346,11 @@ def train_and_evaluate(
                                           max(1, config.optimizer.warmup_steps))
                     if config.optimizer.warmup_steps else config.optimizer.learning_rate)
     model = model_fn(nnx.Rngs(config.seed))
+    if init_fn is not None:  # a resumed run overwrites this with the checkpoint
+        order = np.random.default_rng(config.seed).permutation(len(train_src))[:batch_size]
+        images = np.stack([train_src[int(i)]["image"] for i in np.sort(order)])
+        init_fn(model, {"image": images.astype(np.float32) / 255.0},
+                jax.random.fold_in(jax.random.key(config.seed), 1))
     graphdef, state = init_train_state(model, tx, seed=config.seed)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     del model
