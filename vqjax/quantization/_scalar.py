@@ -92,7 +92,7 @@ def _is_concrete(*xs: Any) -> bool:
 
 def _check_num_levels(num_levels: Any) -> None:
     if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)):
-        raise ValueError(f"`num_levels` must be an int >= 1; got {num_levels!r}.")
+        raise ValueError(f"`num_levels` must be an int >= 1; got {num_levels!r}.")  # noqa: TRY004
     if num_levels < 1:
         raise ValueError(f"`num_levels` must be >= 1; got {num_levels}.")
 
@@ -252,7 +252,7 @@ def on_interval(
         the pdf has negative or non-finite values or does not integrate to a positive finite mass.
     """
     if not callable(pdf):
-        raise ValueError(f"`pdf` must be a callable u -> f(u); got {pdf!r}.")
+        raise ValueError(f"`pdf` must be a callable u -> f(u); got {pdf!r}.")  # noqa: TRY004
     if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) or (
         num_points < 2
     ):
@@ -309,8 +309,8 @@ def _gaussian_moments(d: Density, lo, hi, c) -> PartialMoments:
     mu, s = d.mean, d.scale
     zl, zh = (lo - mu) / s, (hi - mu) / s
     # P = Φ(zh) - Φ(zl), from the upper tails Φ(-z) when zl > 0: no cancellation in either tail.
-    flip = zl > 0
-    p = jnp.where(flip, ndtr(-zl) - ndtr(-zh), ndtr(zh) - ndtr(zl))
+    sign = jnp.where(zl > 0, -1.0, 1.0).astype(zl.dtype)
+    p = sign * (ndtr(sign * zh) - ndtr(sign * zl))
     phl, zphl = _xphi(zl)
     phh, zphh = _xphi(zh)
     q1 = phl - phh  # ∫ z φ
@@ -386,7 +386,7 @@ _MOMENTS = {
 
 def _check_density(density: Any) -> None:
     if not isinstance(density, Density):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004
             "`density` must be a Density (gaussian(), laplace(), uniform() or on_interval()); "
             f"got {type(density).__name__}."
         )
@@ -397,8 +397,8 @@ def partial_moments(
 ) -> PartialMoments:
     r"""Mass and first two moments of ``U - c`` over ``[lo, hi]``: ``∫_lo^hi (u - c)^k f(u) du``.
 
-    Closed forms: Gaussian through ``Φ`` (upper tails for cells right of the mean) and ``φ`` (with ``z = (u - μ)/σ``:
-    ``∫ φ = Φ(z_h) - Φ(z_l)``, ``∫ z φ = φ(z_l) - φ(z_h)``,
+    Closed forms: Gaussian through ``Φ`` (upper tails for cells right of the mean) and ``φ``
+    (with ``z = (u - μ)/σ``: ``∫ φ = Φ(z_h) - Φ(z_l)``, ``∫ z φ = φ(z_l) - φ(z_h)``,
     ``∫ z² φ = ∫ φ + z_l φ(z_l) - z_h φ(z_h)``); Laplace through exponentials; uniform as
     polynomials; tabulated densities exactly for their piecewise-linear interpolant. Infinite
     ``lo``/``hi`` are allowed. Centring at ``c`` (e.g. a cell's level) avoids the cancellation of
@@ -504,8 +504,31 @@ def _newton_step(d: Density, levels: jax.Array, m: PartialMoments) -> jax.Array:
     diag = 1 - 0.5 * (dlo + dhi)
     sub = (-0.5 * dlo).at[0].set(0)  # row j, column j-1
     sup = (-0.5 * dhi).at[-1].set(0)  # row j, column j+1
-    step = lax.linalg.tridiagonal_solve(sub, diag, sup, (levels - g)[:, None])[:, 0]
-    return levels - step
+    return levels - _thomas_solve(sub, diag, sup, levels - g)
+
+
+def _thomas_solve(sub: jax.Array, diag: jax.Array, sup: jax.Array, rhs: jax.Array) -> jax.Array:
+    """Solve a tridiagonal system (Thomas algorithm, no pivoting: the Jacobian of the centroid
+    map of a log-concave density is diagonally dominant; otherwise a non-finite step is rejected).
+    """
+
+    def forward(carry, row):
+        c_prev, d_prev = carry
+        a, b, c, d = row
+        den = b - a * c_prev
+        cd = (c / den, (d - a * d_prev) / den)
+        return cd, cd
+
+    zero = jnp.zeros((), rhs.dtype)
+    _, (cp, dp) = lax.scan(forward, (zero, zero), (sub, diag, sup, rhs))
+
+    def backward(x_next, row):
+        c, d = row
+        x = d - c * x_next
+        return x, x
+
+    _, x = lax.scan(backward, zero, (cp, dp), reverse=True)
+    return x
 
 
 def _residual(m: PartialMoments) -> jax.Array:
@@ -606,20 +629,18 @@ def lloyd_max(
         jnp.zeros((num_levels,), dt) if init is None else init,
         jnp.asarray(-1.0 if tol is None else tol, dt),
         jnp.int32(max_iter),
+        jnp.asarray(init is not None),
         num_levels=num_levels,
         dtype=dt,
-        has_init=init is not None,
         accelerate=bool(accelerate),
     )
 
 
-@functools.partial(
-    jax.jit, static_argnames=("num_levels", "dtype", "has_init", "accelerate")
-)
-def _lloyd_max_jit(density, init, tol, max_iter, *, num_levels, dtype, has_init, accelerate):
+@functools.partial(jax.jit, static_argnames=("num_levels", "dtype", "accelerate"))
+def _lloyd_max_jit(density, init, tol, max_iter, has_init, *, num_levels, dtype, accelerate):
     d = density.astype(dtype)
-    if not has_init:  # quantiles at (j + 1/2)/N
-        init = _quantile(d, (jnp.arange(num_levels, dtype=dtype) + 0.5) / num_levels)
+    quantiles = _quantile(d, (jnp.arange(num_levels, dtype=dtype) + 0.5) / num_levels)
+    init = jnp.where(has_init, init, quantiles)  # default: quantiles at (j + 1/2)/N
     default_tol = (1e-12 if dtype == jnp.float64 else 2e-6) * jnp.sqrt(d.variance)
     tol = jnp.where(tol < 0, default_tol, tol)
     return _lloyd_max_loop(d, init, tol, max_iter, accelerate)
