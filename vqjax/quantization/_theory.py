@@ -199,7 +199,12 @@ def cell_probabilities(density: Density, thresholds: jax.Array) -> jax.Array:
     t = jnp.asarray(thresholds)
     if t.ndim < 1:
         raise ValueError(f"`thresholds` must be [..., N-1]; got a scalar of shape {t.shape}.")
-    lo, hi = _cells(t.astype(density.dtype))
+    return _cell_masses(density, t.astype(density.dtype))
+
+
+@jax.jit
+def _cell_masses(density: Density, thresholds: jax.Array) -> jax.Array:
+    lo, hi = _cells(thresholds)
     return _MOMENTS[density.kind](density, lo, hi, jnp.zeros((), density.dtype)).mass
 
 
@@ -220,7 +225,8 @@ def output_entropy(probabilities: jax.Array) -> jax.Array:
         raise ValueError(f"`probabilities` must be [..., N]; got shape {p.shape}.")
     if not jnp.issubdtype(p.dtype, jnp.floating):
         p = p.astype(jnp.float32)
-    return -jnp.sum(jax.scipy.special.xlogy(p, p), axis=-1) / math.log(2.0)
+    # 0 - Σ rather than -Σ: one certain cell gives +0.0, not -0.0.
+    return 0.0 - jnp.sum(jax.scipy.special.xlogy(p, p), axis=-1) / math.log(2.0)
 
 
 def snr_db(mse: jax.Array | float, *, variance: jax.Array | float = 1.0) -> jax.Array:
