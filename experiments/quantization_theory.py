@@ -399,8 +399,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-_CONFIG = config_flags.DEFINE_config_dict("config", get_config())
-_WORKDIR = flags.DEFINE_string("workdir", "runs/quantization_theory", "Where tables and pictures go.")
 
 
 def main(argv):
@@ -413,4 +411,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a program, so tests can import every experiment.
+    _CONFIG = config_flags.DEFINE_config_dict("config", get_config())
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/quantization_theory", "Where tables and pictures go.")
     app.run(main)

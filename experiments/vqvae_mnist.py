@@ -77,8 +77,6 @@ def build(config: ml_collections.ConfigDict):
     return model_fn, objective, reconstruct, (init_codebook if m.codebook_init == "lloyd" else None)
 
 
-_CONFIG = config_flags.DEFINE_config_dict("config", get_config())
-_WORKDIR = flags.DEFINE_string("workdir", "runs/vqvae_mnist", "Where checkpoints, metrics and pictures go.")
 
 
 def main(argv):
@@ -105,4 +103,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a program, so tests can import every experiment.
+    _CONFIG = config_flags.DEFINE_config_dict("config", get_config())
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/vqvae_mnist", "Where checkpoints, metrics and pictures go.")
     app.run(main)
