@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from vqjax.quantization import _scalar as sq
+from vqjax import quantization as sq
+from vqjax.quantization import _dp
 from vqjax.quantization import _theory as th
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
@@ -303,7 +304,7 @@ def test_dp_divide_and_conquer_equals_full_dp(unroll_from):
     w[::7] = 0.0
     with jax.enable_x64(True):
         xc = x - np.average(x, weights=w)
-        splits = np.asarray(sq._dp_solve(jnp.asarray(xc), jnp.asarray(w), num_levels=6,
+        splits = np.asarray(_dp._dp_solve(jnp.asarray(xc), jnp.asarray(w), num_levels=6,
                                           unroll_from=unroll_from))
     cuts = np.r_[0, splits, x.size]
     sse = sum(

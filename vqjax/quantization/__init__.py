@@ -1,24 +1,22 @@
 """Classical quantizer design, pure JAX: Lloyd-Max, the DP-optimal scalar quantizer, generalized Lloyd.
 
-Scalar quantization (``_scalar``), vector quantization (``_vector``) and the reference formulas of
-rate-distortion theory (``_theory``). Voronoi assignment is :func:`vqjax.quantizers.nearest_code`,
+Densities and their partial moments (``_densities``), Lloyd-Max and Lloyd on samples
+(``_scalar``), the DP-optimal scalar quantizer (``_dp``), vector quantization (``_vector``) and the
+reference formulas of rate-distortion theory (``_theory``). Voronoi assignment is :func:`vqjax.quantizers.nearest_code`,
 the same search the VQ-VAE uses.
 """
 
-from vqjax.quantization._scalar import (
+from vqjax.quantization._densities import (
     Density,
-    LloydMaxResult,
     PartialMoments,
-    ScalarQuantizerResult,
     gaussian,
     laplace,
-    lloyd_1d,
-    lloyd_max,
     on_interval,
-    optimal_scalar_quantizer,
     partial_moments,
     uniform,
 )
+from vqjax.quantization._dp import ScalarQuantizerResult, optimal_scalar_quantizer
+from vqjax.quantization._scalar import LloydMaxResult, lloyd_1d, lloyd_max
 from vqjax.quantization._theory import (
     UniformQuantizerResult,
     cell_probabilities,
