@@ -284,14 +284,14 @@ def check_line(shape, check: dict) -> str:
 def notes(blas: str) -> list[str]:
     return [
         "Times are medians of the timed calls after warm-up, each implementation × shape in its own process.",
-        "GFLOP/s-eq = 2·N·K·D / median time (the distance product only). Share of matmul = that over the rate "
-        f"of NumPy's (N×D)·(D×K) float32 product ({blas}, all cores) timed at the same shape in this run.",
-        "Peak mem = the process's peak RSS during warm-up and timed calls minus its RSS just before them "
-        "(inputs built, code compiled, freed heap returned to the OS).",
-        "vqjax speedup = peer's time / vqjax's time for the same work (fwd+bwd: vqjax quantize + losses; "
-        "search only: vqjax nearest_code). Above 1×: vqjax is faster.",
-        "vector-quantize-pytorch runs its defaults: EMA codebook update and rotation_trick=True (its default "
-        f"for dim > 1); torch.set_num_threads({TORCH_THREADS}). faiss: omp_set_num_threads({TORCH_THREADS}).",
+        ("GFLOP/s-eq = 2·N·K·D / median time (the distance product only). Share of matmul = that over the rate "
+        f"of NumPy's (N×D)·(D×K) float32 product ({blas}, all cores) timed at the same shape in this run."),
+        ("Peak mem = the process's peak RSS during warm-up and timed calls minus its RSS just before them "
+        "(inputs built, code compiled, freed heap returned to the OS)."),
+        ("vqjax speedup = peer's time / vqjax's time for the same work (fwd+bwd: vqjax quantize + losses; "
+        "search only: vqjax nearest_code). Above 1×: vqjax is faster."),
+        ("vector-quantize-pytorch runs its defaults: EMA codebook update and rotation_trick=True (its default "
+        f"for dim > 1); torch.set_num_threads({TORCH_THREADS}). faiss: omp_set_num_threads({TORCH_THREADS})."),
         "Search-only rows find the nearest code and nothing else (no loss, no gradient).",
     ]
 

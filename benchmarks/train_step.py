@@ -265,13 +265,13 @@ def main(argv=None) -> None:
         param_note(results) if all("num_params" in results[v] for v in ("vqjax", "torch_plain")) else
         "Parameters: a variant failed, no comparison.",
         "vqjax speedup = vqjax images/s ÷ the row's images/s (above 1×: vqjax is faster).",
-        f"PyTorch: torch.set_num_threads({TORCH_THREADS}); vqjax: {results['vqjax'].get('devices')} "
+        (f"PyTorch: torch.set_num_threads({TORCH_THREADS}); vqjax: {results['vqjax'].get('devices')} "
         "single-threaded XLA:CPU devices, one per core, the batch sharded over them (the experiment's "
         "default), and, for reference, one device using XLA's intra-op thread pool. "
-        "The vqjax step also computes its logged metrics (code usage, perplexity, MSE, gradient norm).",
-        "Losses: BCE-with-logits summed per image, mean over the batch, + codebook + 0.25 · commitment "
+        "The vqjax step also computes its logged metrics (code usage, perplexity, MSE, gradient norm)."),
+        ("Losses: BCE-with-logits summed per image, mean over the batch, + codebook + 0.25 · commitment "
         "(summed per image) for vqjax and the plain VQ; vector-quantize-pytorch adds its own commitment "
-        "loss (per-element mean × 0.25) and learns the codebook by EMA.",
+        "loss (per-element mean × 0.25) and learns the codebook by EMA."),
     ]
     print("\n".join("- " + n for n in notes))
     out = args.out or os.path.join(_common.RESULTS_DIR, "train_step-quick.json" if args.quick else "train_step.json")

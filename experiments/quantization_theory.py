@@ -41,13 +41,13 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.threads = 2  # compile the scalar quantizers (one XLA program per N) in parallel
-    c.table = ml_collections.ConfigDict(dict(levels=(1, 2, 3, 4, 5, 6, 7, 8, 16, 32)))
-    c.dp = ml_collections.ConfigDict(dict(num_samples=100_000, levels=(2, 4, 8, 16, 32)))
-    c.vq = ml_collections.ConfigDict(dict(
-        train_samples=100_000, test_samples=100_000, bits_per_dim=(1, 2, 3), rho=0.9,
-        restarts=3, max_iter=300, tol=1e-6,  # k-means++ starts; the best training distortion wins
-    ))
-    c.plots = ml_collections.ConfigDict(dict(levels=8, voronoi_codes=16, grid=600, points=20_000))
+    c.table = ml_collections.ConfigDict({"levels": (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)})
+    c.dp = ml_collections.ConfigDict({"num_samples": 100_000, "levels": (2, 4, 8, 16, 32)})
+    c.vq = ml_collections.ConfigDict({
+        "train_samples": 100_000, "test_samples": 100_000, "bits_per_dim": (1, 2, 3), "rho": 0.9,
+        "restarts": 3, "max_iter": 300, "tol": 1e-6,  # k-means++ starts; the best training distortion wins
+    })
+    c.plots = ml_collections.ConfigDict({"levels": 8, "voronoi_codes": 16, "grid": 600, "points": 20_000})
     return c
 
 
@@ -84,15 +84,15 @@ def scalar_row(name: str, density: q.Density, n: int) -> dict:
     """Lloyd-Max, best uniform, Panter-Dite, D(R) and output entropy for N = n levels, in float64."""
     with jax.enable_x64(True):  # per call: the table's rows run on worker threads
         lm = q.lloyd_max(density, n)
-        return dict(
-            density=name, N=n, rate=math.log2(n), lloyd_max=float(lm.mse),
-            snr_db=float(q.snr_db(lm.mse, variance=density.variance)),
-            uniform=float(q.uniform_quantizer(density, n).mse),
-            panter_dite=float(q.panter_dite_mse(density, n)),
-            gaussian_dr=float(q.gaussian_distortion_rate(math.log2(n), variance=density.variance)),
-            entropy=abs(float(_output_entropy(density, lm.thresholds))),  # abs: -0.0 for N = 1
-            levels=np.asarray(lm.levels).tolist(), thresholds=np.asarray(lm.thresholds).tolist(),
-        )
+        return {
+            "density": name, "N": n, "rate": math.log2(n), "lloyd_max": float(lm.mse),
+            "snr_db": float(q.snr_db(lm.mse, variance=density.variance)),
+            "uniform": float(q.uniform_quantizer(density, n).mse),
+            "panter_dite": float(q.panter_dite_mse(density, n)),
+            "gaussian_dr": float(q.gaussian_distortion_rate(math.log2(n), variance=density.variance)),
+            "entropy": abs(float(_output_entropy(density, lm.thresholds))),  # abs: -0.0 for N = 1
+            "levels": np.asarray(lm.levels).tolist(), "thresholds": np.asarray(lm.thresholds).tolist(),
+        }
 
 
 def scalar_tables(densities: dict[str, q.Density], levels, *, pool: ThreadPoolExecutor) -> dict[str, list]:
@@ -123,11 +123,11 @@ def dp_vs_lloyd(x: jax.Array, levels, density: q.Density) -> list[dict]:
     for n in levels:
         ll, ll_seconds = _timed(q.lloyd_1d, x, n)
         dp, dp_seconds = _timed(q.optimal_scalar_quantizer, x, n)
-        rows.append(dict(
-            N=n, lloyd=float(ll.mse), lloyd_iterations=int(ll.iterations), dp=float(dp.mse),
-            rel_gap=float((ll.mse - dp.mse) / dp.mse), lloyd_max_density=float(q.lloyd_max(density, n).mse),
-            lloyd_seconds=ll_seconds, dp_seconds=dp_seconds,
-        ))
+        rows.append({
+            "N": n, "lloyd": float(ll.mse), "lloyd_iterations": int(ll.iterations), "dp": float(dp.mse),
+            "rel_gap": float((ll.mse - dp.mse) / dp.mse), "lloyd_max_density": float(q.lloyd_max(density, n).mse),
+            "lloyd_seconds": ll_seconds, "dp_seconds": dp_seconds,
+        })
     return rows
 
 
@@ -187,12 +187,12 @@ def vq_vs_scalar(key, vq, scalar_levels) -> tuple[dict, dict]:
             codebook = fit_vq(train, k, kf, vq)
             vq_mse = mse_per_dim(test, codebook)
             fitted[(case, k)] = codebook
-            rows.append(dict(
-                bits_per_dim=b, K=k, levels_per_dim=n, product_mse=product, vq_mse=vq_mse,
-                vq_train_mse=mse_per_dim(train, codebook), gain_db=_db(product / vq_mse),
-                shannon_dr=gaussian_dr_per_dim([1 + rho, 1 - rho], b), high_rate_gain_db=high_rate_db,
-            ))
-        results[case] = dict(rho=rho, memory_db=memory_db, rows=rows)
+            rows.append({
+                "bits_per_dim": b, "K": k, "levels_per_dim": n, "product_mse": product, "vq_mse": vq_mse,
+                "vq_train_mse": mse_per_dim(train, codebook), "gain_db": _db(product / vq_mse),
+                "shannon_dr": gaussian_dr_per_dim([1 + rho, 1 - rho], b), "high_rate_gain_db": high_rate_db,
+            })
+        results[case] = {"rho": rho, "memory_db": memory_db, "rows": rows}
         fitted[(case, "test")], fitted[(case, "train")] = test, train
     return results, fitted
 
@@ -388,8 +388,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     codebook, pts))
     plot_voronoi(os.path.join(workdir, "voronoi.png"), vor, grid=config.plots.grid)
     lap("pictures")
-    results = dict(config=config.to_dict(), scalar=scalar, dp_vs_lloyd=dp, vq=vq,
-                   advantages_db=dict(space_filling=sf, shape=shape), seconds=seconds)
+    results = {"config": config.to_dict(), "scalar": scalar, "dp_vs_lloyd": dp, "vq": vq,
+                   "advantages_db": {"space_filling": sf, "shape": shape}, "seconds": seconds}
     with open(os.path.join(workdir, "tables.md"), "w") as f:
         f.write("\n".join(md))
     with open(os.path.join(workdir, "results.json"), "w") as f:

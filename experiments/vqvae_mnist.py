@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 
+import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
-
-import jax.numpy as jnp
 
 from vqjax import objectives, quantization
 from vqjax.nn import VQVAE
@@ -29,24 +28,24 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     # On a CPU host, one XLA device per core and data parallelism over them (~1.8x faster on 2 cores).
     c.cpu_devices_per_core = True
-    c.data = ml_collections.ConfigDict(dict(
-        dataset="mnist",
-        idx_dir="",  # a folder with the four MNIST IDX files; empty: TFDS, else the embedded digits
-        tfds_data_dir="",  # TFDS data_dir; empty: TFDS's default (~/tensorflow_datasets)
-        batch_size=128,
-        eval_batch_size=500,
-    ))
-    c.model = ml_collections.ConfigDict(dict(
-        num_codes=512, code_dim=64, hidden=64, residual_hidden=32, num_residual=2,
-        beta=0.25, likelihood="bernoulli",
+    c.data = ml_collections.ConfigDict({
+        "dataset": "mnist",
+        "idx_dir": "",  # a folder with the four MNIST IDX files; empty: TFDS, else the embedded digits
+        "tfds_data_dir": "",  # TFDS data_dir; empty: TFDS's default (~/tensorflow_datasets)
+        "batch_size": 128,
+        "eval_batch_size": 500,
+    })
+    c.model = ml_collections.ConfigDict({
+        "num_codes": 512, "code_dim": 64, "hidden": 64, "residual_hidden": 32, "num_residual": 2,
+        "beta": 0.25, "likelihood": "bernoulli",
         # "uniform": U(-1/K, 1/K) as in the paper; "lloyd": generalized Lloyd (k-means++ start) on the
         # encoder outputs of a first batch of training data.
-        codebook_init="uniform",
-    ))
-    c.optimizer = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=100))
-    c.train = ml_collections.ConfigDict(dict(
-        steps=2000, log_every=50, checkpoint_every=500, keep_checkpoints=3,
-    ))
+        "codebook_init": "uniform",
+    })
+    c.optimizer = ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 100})
+    c.train = ml_collections.ConfigDict({
+        "steps": 2000, "log_every": 50, "checkpoint_every": 500, "keep_checkpoints": 3,
+    })
     return c
 
 

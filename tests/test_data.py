@@ -311,10 +311,10 @@ def test_pipeline_defaults_to_jax_processes():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(batch_size=0), "batch_size"),
-        (dict(batch_size=15, process_index=0, process_count=2), "batch_size.*15"),
-        (dict(batch_size=16, process_index=2, process_count=2), "process_index"),
-        (dict(batch_size=200), "batch_size=200"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 15, "process_index": 0, "process_count": 2}, "batch_size.*15"),
+        ({"batch_size": 16, "process_index": 2, "process_count": 2}, "process_index"),
+        ({"batch_size": 200}, "batch_size=200"),
     ],
 )
 def test_pipeline_rejects_bad_arguments(kwargs, match):

@@ -63,7 +63,7 @@ def test_vqvae_reconstruction_gradient_reaches_the_encoder_through_straight_thro
     np.testing.assert_array_equal(grads["codebook"][...], 0.0)  # only the VQ loss moves the codebook
 
 
-@pytest.mark.parametrize("kw, match", [(dict(num_codes=0), "num_codes"), (dict(hidden=7), "hidden")])
+@pytest.mark.parametrize("kw, match", [({"num_codes": 0}, "num_codes"), ({"hidden": 7}, "hidden")])
 def test_bad_config_is_a_clear_error(kw, match):
     with pytest.raises(ValueError, match=match):
         VQVAE(rngs=nnx.Rngs(0), **kw)

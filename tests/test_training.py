@@ -17,7 +17,7 @@ from experiments import vqvae_mnist
 from vqjax import data, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(num_codes=16, code_dim=4, hidden=8, residual_hidden=4, num_residual=1)
+TINY = {"num_codes": 16, "code_dim": 4, "hidden": 8, "residual_hidden": 4, "num_residual": 1}
 
 
 def _digits(n, seed):
@@ -42,7 +42,7 @@ def _tiny_config(idx_dir, **train):
     c = vqvae_mnist.get_config()
     c.model.update(TINY)
     c.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
-    c.train.update(dict(steps=6, log_every=2, checkpoint_every=3), **train)
+    c.train.update({"steps": 6, "log_every": 2, "checkpoint_every": 3}, **train)
     return c
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -274,7 +275,7 @@ def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int) -> 
         weights = np.zeros((local,), np.float32)
         weights[:n] = 1.0
         if n < local:
-            batch = jax.tree.map(lambda x: np.concatenate([x, np.zeros((local - n, *x.shape[1:]), x.dtype)]), batch)
+            batch = jax.tree.map(lambda x, pad=local - n: np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]), batch)
         m = eval_step(state, shard_batch(batch, mesh), shard_batch(weights, mesh))
         keep = {k: v for k, v in m.items() if k.startswith("sum/") or k in ("weight", "counts")}
         totals = keep if not totals else jax.tree.map(jnp.add, totals, keep)
@@ -336,8 +337,8 @@ def train_and_evaluate(
             f"devices {mesh.size}."
         )
 
-    src_kw = dict(dataset=config.data.dataset, idx_dir=config.data.idx_dir or None,
-                  tfds_data_dir=config.data.tfds_data_dir or None, log=log if is_main else (lambda s: None))
+    src_kw = {"dataset": config.data.dataset, "idx_dir": config.data.idx_dir or None,
+                  "tfds_data_dir": config.data.tfds_data_dir or None, "log": log if is_main else (lambda s: None)}
     train_src = data_lib.get_source(split="train", **src_kw)
     test_src = data_lib.get_source(split="test", **dict(src_kw, log=lambda s: None))
     train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=config.seed)

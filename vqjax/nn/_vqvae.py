@@ -106,15 +106,15 @@ class VQVAE(nnx.Module):
         num_residual: int = 2,
         rngs: nnx.Rngs,
     ):
-        for name, v in dict(
-            in_channels=in_channels, num_codes=num_codes, code_dim=code_dim, hidden=hidden,
-            residual_hidden=residual_hidden,
-        ).items():
+        for name, v in {
+            "in_channels": in_channels, "num_codes": num_codes, "code_dim": code_dim, "hidden": hidden,
+            "residual_hidden": residual_hidden,
+        }.items():
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be a positive int; got {v!r}.")
         if hidden % 2:
             raise ValueError(f"`hidden` must be even (the first layer has hidden/2); got {hidden}.")
-        kw = dict(hidden=hidden, residual_hidden=residual_hidden, num_residual=num_residual, rngs=rngs)
+        kw = {"hidden": hidden, "residual_hidden": residual_hidden, "num_residual": num_residual, "rngs": rngs}
         self.encoder = Encoder(in_channels, code_dim, **kw)
         self.decoder = Decoder(code_dim, in_channels, **kw)
         self.codebook = nnx.Param(
