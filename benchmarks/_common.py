@@ -33,7 +33,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "vector-quantize
 def run_worker(script: str, worker: str, args: list[str]) -> dict:
     """Run ``python script --worker worker *args`` and return the JSON on its last stdout line."""
     cmd = [sys.executable, script, "--worker", worker, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # failures become rows
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]

@@ -150,13 +150,18 @@ def laplace(scale: float = 1.0 / math.sqrt(2.0), *, mean: float = 0.0) -> Densit
     return Density("laplace", jnp.asarray(mean, dt), 2 * b * b, b, -inf, inf)
 
 
-def uniform(a: float = 0.0, b: float = 1.0) -> Density:
-    r"""The uniform density on ``[a, b]``: mean ``(a + b)/2``, variance ``(b - a)²/12``."""
+def _check_interval(a: Any, b: Any) -> None:
+    """A finite, ordered interval ``a < b`` (checked when the values are concrete)."""
     if _is_concrete(a, b):
         if not (np.ndim(a) == 0 and np.ndim(b) == 0 and np.isfinite(a) and np.isfinite(b)):
             raise ValueError(f"`a` and `b` must be finite scalars; got a={a!r}, b={b!r}.")
         if not float(a) < float(b):
             raise ValueError(f"`a` must be < `b`; got a={a!r}, b={b!r}.")
+
+
+def uniform(a: float = 0.0, b: float = 1.0) -> Density:
+    r"""The uniform density on ``[a, b]``: mean ``(a + b)/2``, variance ``(b - a)²/12``."""
+    _check_interval(a, b)
     dt = _default_float()
     lo, hi = jnp.asarray(a, dt), jnp.asarray(b, dt)
     w = hi - lo
@@ -210,11 +215,7 @@ def on_interval(
         num_points < 2
     ):
         raise ValueError(f"`num_points` must be an int >= 2; got {num_points!r}.")
-    if _is_concrete(a, b):
-        if not (np.ndim(a) == 0 and np.ndim(b) == 0 and np.isfinite(a) and np.isfinite(b)):
-            raise ValueError(f"`a` and `b` must be finite scalars; got a={a!r}, b={b!r}.")
-        if not float(a) < float(b):
-            raise ValueError(f"`a` must be < `b`; got a={a!r}, b={b!r}.")
+    _check_interval(a, b)
     dt = _default_float()
     lo, hi = jnp.asarray(a, dt), jnp.asarray(b, dt)
     x = lo + (hi - lo) * (jnp.arange(num_points, dtype=dt) / (num_points - 1))
