@@ -1,0 +1,51 @@
+"""Pure losses: likelihoods, KL, ELBO, β-VAE, MMD/InfoVAE, VIB, the IWAE bound, and the VQ-VAE terms.
+
+Every function is per-example: it takes one example's arrays (any shape) and returns a
+scalar, or takes arrays with leading batch axes and reduces only the event axes named in its
+docstring. Callers reduce over the batch (``jnp.mean``) or ``jax.vmap`` as they like. The only
+batch-level quantity is :func:`mmd`, a divergence between two sets of samples.
+"""
+
+from vqjax.losses._elbo import BetaVAELoss, beta_vae_loss, elbo, iwae_bound, iwae_log_likelihood
+from vqjax.losses._kl import gaussian_kl, monte_carlo_kl, reparameterize
+from vqjax.losses._likelihoods import (
+    bernoulli_log_likelihood,
+    bits_per_dim,
+    categorical_log_likelihood,
+    discretized_logistic_log_likelihood,
+    gaussian_log_likelihood,
+)
+from vqjax.losses._mmd import InfoVAELoss, info_vae_loss, inverse_multiquadratic_kernel, mmd, rbf_kernel
+from vqjax.losses._vib import VIBLoss, vib_loss
+from vqjax.losses._vq import VQVAELoss, codebook_loss, commitment_loss, vqvae_loss
+
+__all__ = [
+    # likelihoods p(x|z)
+    "bernoulli_log_likelihood",
+    "gaussian_log_likelihood",
+    "discretized_logistic_log_likelihood",
+    "categorical_log_likelihood",
+    "bits_per_dim",
+    # the Gaussian encoder and the rate
+    "reparameterize",
+    "gaussian_kl",
+    "monte_carlo_kl",
+    # bounds and objectives
+    "elbo",
+    "BetaVAELoss",
+    "beta_vae_loss",
+    "iwae_bound",
+    "iwae_log_likelihood",
+    "rbf_kernel",
+    "inverse_multiquadratic_kernel",
+    "mmd",
+    "InfoVAELoss",
+    "info_vae_loss",
+    "VIBLoss",
+    "vib_loss",
+    # VQ-VAE
+    "codebook_loss",
+    "commitment_loss",
+    "VQVAELoss",
+    "vqvae_loss",
+]

@@ -1,0 +1,43 @@
+"""Trace-time argument checks shared by the losses (cost nothing at run time)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"`{name_a}` and `{name_b}` must have the same shape; got {name_a}.shape={a.shape} "
+            f"and {name_b}.shape={b.shape}."
+        )
+
+
+def check_event_ndim(x: jax.Array, event_ndim: int, name: str) -> None:
+    if not isinstance(event_ndim, int) or event_ndim < 0 or event_ndim > x.ndim:
+        raise ValueError(
+            f"`event_ndim` must be an int in [0, {name}.ndim={x.ndim}]; got {event_ndim!r}."
+        )
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
+
+
+def check_nonnegative(value, name: str) -> None:
+    """Rejects a negative Python number; traced values are the caller's responsibility."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    if jnp.ndim(value) == 0 and not float(value) >= 0:
+        raise ValueError(f"`{name}` must be >= 0; got {value!r}.")
+
+
+def sum_event(x: jax.Array, event_ndim: int) -> jax.Array:
+    return jnp.sum(x, axis=tuple(range(x.ndim - event_ndim, x.ndim)))
+
+
+def float_dtype(*xs: jax.Array):
+    """The result dtype: at least float32 (bfloat16 inputs are summed in float32)."""
+    return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
