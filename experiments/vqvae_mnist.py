@@ -59,8 +59,8 @@ def build(config: ml_collections.ConfigDict):
         return VQVAE(in_channels=1, num_codes=m.num_codes, code_dim=m.code_dim, hidden=m.hidden,
                      residual_hidden=m.residual_hidden, num_residual=m.num_residual, rngs=rngs)
 
-    def objective(model, batch, *, key, weights=None):
-        del key  # the VQ-VAE objective is deterministic
+    def objective(model, batch, *, key, step, weights=None):
+        del key, step  # the VQ-VAE objective is deterministic and has no schedule
         return objectives.vqvae_objective(model, batch, beta=m.beta, likelihood=m.likelihood,
                                           weights=weights)
 

@@ -11,9 +11,12 @@ import jax
 import jax.numpy as jnp
 
 from vqjax import losses, quantizers
-from vqjax.nn import VQVAE
+from vqjax.nn import VAE, VQVAE, VIBClassifier
 
-__all__ = ["vqvae_objective", "LIKELIHOODS"]
+__all__ = [
+    "vqvae_objective", "LIKELIHOODS", "reconstruction_mean",
+    "binarize", "vae_objective", "vae_iwae_objective", "vib_objective",
+]
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -74,3 +77,136 @@ def vqvae_objective(
     metrics.update(perplexity=usage.perplexity, used_fraction=usage.used_fraction)
     metrics.update({f"sum/{k}": v for k, v in sums.items()}, weight=jnp.sum(w), counts=usage.counts)
     return sums["loss"] / total_w, metrics
+
+
+# --------------------------------------------------------------------------- the VAE family
+
+
+def _weights(batch_size: int, weights: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    w = jnp.ones((batch_size,), jnp.float32) if weights is None else weights.astype(jnp.float32)
+    return w, jnp.maximum(jnp.sum(w), 1.0)
+
+
+def _report(per_example: dict, w: jax.Array, total_w: jax.Array) -> dict:
+    sums = {k: jnp.sum(v * w) for k, v in per_example.items()}
+    metrics = {k: v / total_w for k, v in sums.items()}
+    metrics.update({f"sum/{k}": v for k, v in sums.items()}, weight=jnp.sum(w))
+    return metrics
+
+
+def binarize(images: jax.Array, *, key: jax.Array) -> jax.Array:
+    """Dynamic binarization (Salakhutdinov & Murray, 2008): ``x ~ Bernoulli(pixel intensity)``."""
+    return jax.random.bernoulli(key, images).astype(images.dtype)
+
+
+def _data(batch: dict, key: jax.Array, dynamic_binarization: bool) -> tuple[jax.Array, jax.Array]:
+    """The batch's images (binarized with the first half of ``key``) and the second half of the key.
+
+    Every VAE objective splits its key this way, so the ELBO and the IWAE bound of one evaluation
+    batch see the same binarized images.
+    """
+    k_data, k_model = jax.random.split(key)
+    x = batch["image"]
+    return (binarize(x, key=k_data) if dynamic_binarization else x), k_model
+
+
+def vae_objective(
+    model: VAE,
+    batch: dict,
+    *,
+    key: jax.Array,
+    beta: float = 1.0,
+    capacity: float | jax.Array | None = None,
+    info_alpha: float | None = None,
+    info_lambda: float = 1.0,
+    kernel: str = "imq",
+    dynamic_binarization: bool = True,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
+    r"""Batch-mean loss of the VAE, β-VAE (optionally with capacity C) or InfoVAE.
+
+    - VAE / β-VAE: ``-log p(x|z) + β KL`` (β = 1 is the negative ELBO), or ``-log p(x|z) + β|KL - C|``.
+    - InfoVAE, when ``info_alpha`` is given: ``-log p(x|z) + (1-α) KL + (α+λ-1) MMD(q(z), p(z))``,
+      the MMD between the batch's posterior samples and as many prior samples.
+
+    Args:
+      model: a :class:`vqjax.nn.VAE`.
+      batch: ``{"image": [B, H, W, C] in [0, 1]}``.
+      key: randomness for the binarization, the posterior samples and the prior samples.
+      dynamic_binarization: draw ``x ~ Bernoulli(image)`` afresh (for a Bernoulli decoder on MNIST).
+      weights: optional ``[B]`` 0/1 mask of padded evaluation rows.
+
+    Returns:
+      ``(loss, metrics)`` with per-image means of ``loss``, ``elbo`` (always the β = 1 bound, nats),
+      ``rate`` (KL), ``distortion`` (``-log p(x|z)``), ``mmd`` (InfoVAE), and ``sum/*`` totals.
+    """
+    x, k = _data(batch, key, dynamic_binarization)
+    k_z, k_prior = jax.random.split(k)
+    out = model(x, key=k_z)
+    w, total_w = _weights(x.shape[0], weights)
+    per_example = {"elbo": losses.elbo(out.log_likelihood, out.kl)}
+    if info_alpha is None:
+        terms = losses.beta_vae_loss(out.log_likelihood, out.kl, beta=beta, capacity=capacity)
+    else:
+        prior = jax.random.normal(k_prior, out.z.shape, out.z.dtype)
+        divergence = losses.mmd(out.z, prior, kernel=kernel, x_weights=w)
+        terms = losses.info_vae_loss(out.log_likelihood, out.kl, divergence, alpha=info_alpha,
+                                     lambda_=info_lambda)
+        per_example["mmd"] = terms.divergence
+    per_example.update(loss=terms.loss, distortion=terms.distortion, rate=terms.rate)
+    metrics = _report(per_example, w, total_w)
+    return metrics["loss"], metrics
+
+
+def vae_iwae_objective(
+    model: VAE,
+    batch: dict,
+    *,
+    key: jax.Array,
+    num_samples: int = 5000,
+    chunk_size: int = 100,
+    dynamic_binarization: bool = True,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
+    r"""Test negative log-likelihood by the importance-weighted bound with S samples (Burda et al., 2016).
+
+    For evaluation only (its key is split like :func:`vae_objective`'s, so with the same key both
+    see the same binarized images). Returns ``(mean nll, metrics)`` with ``iwae_nll`` =
+    ``-log (1/S) Σ_s w_s`` per image, in nats, and its ``sum/`` total.
+    """
+    x, k = _data(batch, key, dynamic_binarization)
+    k_z, _ = jax.random.split(k)
+    ll = model.iwae_log_likelihood(x, key=k_z, num_samples=num_samples, chunk_size=chunk_size)
+    w, total_w = _weights(x.shape[0], weights)
+    metrics = _report({"iwae_nll": -ll}, w, total_w)
+    return metrics["iwae_nll"], metrics
+
+
+def vib_objective(
+    model: VIBClassifier,
+    batch: dict,
+    *,
+    key: jax.Array,
+    beta: float,
+    num_eval_samples: int = 12,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
+    r"""Batch-mean VIB loss ``-log q(y|z) + β KL(q(z|x) || N(0, I))`` (Alemi et al., 2017).
+
+    One posterior sample per image for the loss; ``accuracy`` averages the softmax over
+    ``num_eval_samples`` samples, as the paper does at test time.
+
+    Returns:
+      ``(loss, metrics)`` with means of ``loss``, ``cross_entropy`` (nats), ``rate`` (the KL, an
+      upper bound on ``I(x; z)``), ``accuracy`` and ``error``, and ``sum/*`` totals.
+    """
+    x, y = batch["image"], batch["label"]
+    k_train, k_eval = jax.random.split(key)
+    logits, _, _, kl = model(x, key=k_train)
+    terms = losses.vib_loss(logits[0], y, kl, beta=beta)
+    probs = model.predict(x, key=k_eval, num_samples=num_eval_samples)
+    correct = (jnp.argmax(jax.lax.stop_gradient(probs), axis=-1) == y).astype(jnp.float32)
+    w, total_w = _weights(x.shape[0], weights)
+    metrics = _report({"loss": terms.loss, "cross_entropy": terms.cross_entropy, "rate": terms.rate,
+                       "accuracy": correct, "error": 1.0 - correct}, w, total_w)
+    return metrics["loss"], metrics

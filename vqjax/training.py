@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 DATA_AXIS = "data"
-# An objective maps (model, batch, *, key, weights) to (scalar loss, metrics dict).
+# An objective maps (model, batch, *, key, step, weights=None) to (scalar loss, metrics dict).
 Objective = Callable[..., tuple[jax.Array, dict]]
 
 
@@ -129,10 +129,21 @@ def _step_key(state: TrainState) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
 
 
+_EVAL_STREAM = 0x7FFFFFFF  # evaluation keys: a stream apart from the training steps'
+
+
+def _eval_key(state: TrainState, batch_index: jax.Array) -> jax.Array:
+    """The same for every checkpoint of a run: evaluations of one run see the same randomness."""
+    base = jax.random.fold_in(jax.random.wrap_key_data(state.key), _EVAL_STREAM)
+    return jax.random.fold_in(base, batch_index)
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, objective: Objective):
     """``train_step(state, batch) -> (state, metrics)``: jitted, with ``state`` donated.
 
-    ``objective(model, batch, key=...)`` returns ``(loss, metrics)``; the step differentiates the
+    ``objective(model, batch, key=..., step=...)`` returns ``(loss, metrics)``; the key is
+    ``fold_in(seed key, step)`` and ``step`` the number of updates done so far (for schedules
+    inside the objective, such as an annealed capacity). The step differentiates the
     loss with respect to the ``nnx.Param`` variables and applies ``tx``. Variables the objective
     changes in place (``rest``) are carried over.
     """
@@ -140,7 +151,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective: Objec
     def train_step(state: TrainState, batch: Any):
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.rest)
-            loss, metrics = objective(model, batch, key=_step_key(state))
+            loss, metrics = objective(model, batch, key=_step_key(state), step=state.step)
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, rest)
 
@@ -155,11 +166,16 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective: Objec
 
 
 def make_eval_step(graphdef, objective: Objective):
-    """``eval_step(state, batch, weights) -> metrics``: jitted, no update."""
+    """``eval_step(state, batch, weights, batch_index) -> metrics``: jitted, no update.
 
-    def eval_step(state: TrainState, batch: Any, weights: jax.Array):
+    The objective's key depends on the run's seed and ``batch_index`` only, not on the step, so
+    stochastic evaluations (a binarized test set, posterior samples) are repeatable.
+    """
+
+    def eval_step(state: TrainState, batch: Any, weights: jax.Array, batch_index: jax.Array):
         model = nnx.merge(graphdef, state.params, state.rest)
-        _, metrics = objective(model, batch, key=_step_key(state), weights=weights)
+        _, metrics = objective(model, batch, key=_eval_key(state, batch_index), step=state.step,
+                               weights=weights)
         return metrics
 
     return jax.jit(eval_step)
@@ -258,11 +274,14 @@ def _restore(mgr, step: int, target: TrainState, data_iter) -> TrainState:
     return restored["state"]
 
 
-def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int) -> dict:
+def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, desc: str | None = None) -> dict:
     """Metrics over the whole of ``source``: totals divided by the number of examples.
 
-    The last batch is padded to ``batch_size`` and masked, so every example counts once.
+    The last batch is padded to ``batch_size`` and masked, so every example counts once. With
+    ``desc``, a progress bar on process 0.
     """
+    from tqdm import tqdm
+
     from vqjax import data as data_lib
 
     it = data_lib.make_pipeline(
@@ -270,15 +289,19 @@ def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int) -> 
     )
     local = batch_size // jax.process_count()
     totals: dict = {}
-    for batch in it:
+    bar = tqdm(total=-(-len(source) // batch_size), desc=desc, dynamic_ncols=True,
+               disable=desc is None or jax.process_index() != 0)
+    for batch_index, batch in enumerate(it):
         n = batch["image"].shape[0]
         weights = np.zeros((local,), np.float32)
         weights[:n] = 1.0
         if n < local:
             batch = jax.tree.map(lambda x, pad=local - n: np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]), batch)
-        m = eval_step(state, shard_batch(batch, mesh), shard_batch(weights, mesh))
+        m = eval_step(state, shard_batch(batch, mesh), shard_batch(weights, mesh), jnp.int32(batch_index))
+        bar.update(1)
         keep = {k: v for k, v in m.items() if k.startswith("sum/") or k in ("weight", "counts")}
         totals = keep if not totals else jax.tree.map(jnp.add, totals, keep)
+    bar.close()
     from vqjax import quantizers
 
     weight = float(totals["weight"])
@@ -298,8 +321,10 @@ def train_and_evaluate(
     *,
     model_fn: Callable[[nnx.Rngs], nnx.Module],
     objective: Objective,
-    reconstruct: Callable[[nnx.Module, jax.Array], jax.Array],
+    reconstruct: Callable[[nnx.Module, jax.Array], jax.Array] | None = None,
     init_fn: Callable[[nnx.Module, dict, jax.Array], None] | None = None,
+    eval_objectives: dict[str, Objective] | None = None,
+    after_training: Callable[[nnx.Module, Any, str], dict | None] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train, checkpoint, resume, evaluate on the test split, draw pictures, write a summary.
@@ -311,7 +336,13 @@ def train_and_evaluate(
     checkpoint; a finished run only evaluates and reports. ``init_fn(model, batch, key)``, if
     given, adjusts the fresh model in place from a first batch of ``batch_size`` training
     examples (the same on every process; e.g. a codebook fitted to encoder outputs) before
-    training starts. Returns the summary dict.
+    training starts.
+
+    After training the test split is evaluated with ``objective`` and then with each of
+    ``eval_objectives`` (e.g. an expensive importance-weighted bound; their metrics join the
+    ``test`` summary). On process 0, ``reconstruct(model, x)`` (if given) draws
+    ``reconstructions.png`` and ``after_training(model, test_source, workdir)`` (if given) may draw
+    more pictures and return extra summary entries. Returns the summary dict.
     """
     from tqdm import tqdm
 
@@ -411,6 +442,11 @@ def train_and_evaluate(
 
         ev = evaluate(eval_step, state, test_src, mesh, batch_size=eval_batch_size)
         counts = ev.pop("_counts", None)
+        for name, extra in (eval_objectives or {}).items():
+            more = evaluate(make_eval_step(graphdef, extra), state, test_src, mesh, batch_size=eval_batch_size,
+                            desc=f"test {name}")
+            more.pop("_counts", None)
+            ev.update({k: v for k, v in more.items() if k != "num_examples"})
         mlog.write(steps, "test", ev)
         mlog.close()
 
@@ -433,8 +469,12 @@ def train_and_evaluate(
             n_show = min(64, len(test_src))
             x = np.stack([test_src[i]["image"] for i in range(n_show)]).astype(np.float32) / 255.0
             model = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
-            x_hat = np.asarray(jax.jit(reconstruct)(model, jnp.asarray(x)))
-            viz.save_png(os.path.join(workdir, "reconstructions.png"), viz.reconstruction_grid(x, x_hat, ncols=16))
+            if reconstruct is not None:
+                x_hat = np.asarray(jax.jit(reconstruct)(model, jnp.asarray(x)))
+                viz.save_png(os.path.join(workdir, "reconstructions.png"),
+                             viz.reconstruction_grid(x, x_hat, ncols=16))
+            if after_training is not None:
+                summary.update(after_training(model, test_src, workdir) or {})
             if counts is not None:
                 viz.save_usage_plot(
                     os.path.join(workdir, "codebook_usage.png"), counts,

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-__all__ = ["image_grid", "save_png", "reconstruction_grid", "save_usage_plot"]
+__all__ = ["image_grid", "save_png", "reconstruction_grid", "save_usage_plot", "save_curve"]
 
 
 def image_grid(images: np.ndarray, *, ncols: int, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
@@ -67,6 +67,41 @@ def save_usage_plot(path: str | os.PathLike, counts: np.ndarray, *, title: str =
     ax.set_xlabel("code (sorted by use)")
     ax.set_ylabel("count")
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)
+
+
+def save_curve(
+    path: str | os.PathLike,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    labels: list[str] | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    logx: bool = False,
+) -> None:
+    """A line through points ``(x_i, y_i)``, each marked and optionally labelled (one per run of a sweep)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"`x` and `y` must be 1-D of one length; got {x.shape} and {y.shape}.")
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    ax.plot(x, y, "o-", color="#3465a4")
+    for i, text in enumerate(labels or []):
+        ax.annotate(text, (x[i], y[i]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.fspath(path))
     plt.close(fig)

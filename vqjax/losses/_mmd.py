@@ -81,6 +81,7 @@ def mmd(
     y: jax.Array,
     *,
     kernel: str | Callable[[jax.Array, jax.Array], jax.Array] = "rbf",
+    x_weights: jax.Array | None = None,
     **kernel_kwargs,
 ) -> jax.Array:
     r"""Unbiased estimate of the squared MMD between the distributions of ``x`` and ``y``.
@@ -97,6 +98,8 @@ def mmd(
       x: ``[N, L]`` samples, e.g. encoder samples ``z ~ q(z|x)`` over a batch (N ≥ 2).
       y: ``[M, L]`` samples, e.g. prior samples ``z ~ p(z)`` (M ≥ 2).
       kernel: ``"rbf"``, ``"imq"``, or a callable ``(x, y) -> [N, M]`` kernel matrix.
+      x_weights: optional ``[N]`` 0/1 mask of the rows of ``x`` to use (padded evaluation
+        batches): the estimate is then exactly that of the unmasked rows.
       **kernel_kwargs: passed to the kernel (``bandwidth=`` for RBF, ``scale=`` for IMQ).
 
     Returns:
@@ -113,12 +116,17 @@ def mmd(
     else:
         kernel_fn = lambda a, b: kernel(a, b, **kernel_kwargs)  # noqa: E731
     n, m = x.shape[0], y.shape[0]
-
-    def off_diagonal_mean(k: jax.Array, size: int) -> jax.Array:
-        return (jnp.sum(k) - jnp.sum(jnp.diagonal(k))) / (size * (size - 1))
-
+    dtype = float_dtype(x, y)
+    w = jnp.ones((n,), dtype) if x_weights is None else jnp.asarray(x_weights, dtype)
+    if w.shape != (n,):
+        raise ValueError(f"`x_weights` must be [N]={n,}; got shape {w.shape}.")
     kxx, kyy, kxy = kernel_fn(x, x), kernel_fn(y, y), kernel_fn(x, y)
-    return off_diagonal_mean(kxx, n) + off_diagonal_mean(kyy, m) - 2.0 * jnp.sum(kxy) / (n * m)
+    wsum = jnp.sum(w)
+    # Σ_{i≠j} w_i w_j k(x_i, x_j) / Σ_{i≠j} w_i w_j, and the same with unit weights for y.
+    xx = (w @ kxx @ w - jnp.sum(jnp.square(w) * jnp.diagonal(kxx))) / (wsum**2 - jnp.sum(jnp.square(w)))
+    yy = (jnp.sum(kyy) - jnp.sum(jnp.diagonal(kyy))) / (m * (m - 1))
+    xy = jnp.sum(w @ kxy) / (wsum * m)
+    return xx + yy - 2.0 * xy
 
 
 class InfoVAELoss(NamedTuple):

@@ -1,6 +1,11 @@
 """Flax NNX modules that wrap the pure core."""
 
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
+from vqjax.nn._vae import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, VAEOutput
+from vqjax.nn._vib import VIBClassifier
 from vqjax.nn._vqvae import VQVAE, Decoder, Encoder, VQVAEOutput
 
-__all__ = ["Encoder", "Decoder", "VQVAE", "VQVAEOutput", "ResidualBlock", "SubpixelConvTranspose"]
+__all__ = [
+    "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "VAE", "VAEOutput", "VIBClassifier",
+    "Encoder", "Decoder", "VQVAE", "VQVAEOutput", "ResidualBlock", "SubpixelConvTranspose",
+]
