@@ -74,7 +74,7 @@ def main(argv):
         logging.set_verbosity(logging.ERROR)
     config = _CONFIG.value
     if config.vae.cpu_devices_per_core:
-        training.use_cpu_cores_as_devices((config.vae.data.batch_size, config.vae.data.eval_batch_size))
+        training.use_cpu_cores_as_devices((config.vae.data.batch_size, config.vae.data.eval_batch_size, config.vae.eval.iwae_batch_size))
     result = run(config, _WORKDIR.value)
     print(format_table(result))
     print(f"-> {_WORKDIR.value}/rate_distortion.png, sweep.json")

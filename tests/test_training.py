@@ -20,24 +20,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"num_codes": 16, "code_dim": 4, "hidden": 8, "residual_hidden": 4, "num_residual": 1}
 
 
-def _digits(n, seed):
-    """Blurry blobs standing in for digits: uint8 [n, 28, 28]."""
-    r = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:28, :28]
-    cy, cx = r.uniform(8, 20, size=(2, n, 1, 1))
-    img = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / r.uniform(6, 30, size=(n, 1, 1)))
-    return np.round(255 * img).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("idx")
-    for prefix, n in (("train", 512), ("t10k", 96)):
-        data.write_idx(d / f"{prefix}-images-idx3-ubyte.gz", _digits(n, seed=n))
-        data.write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 10)
-    return str(d)
-
-
 def _tiny_config(idx_dir, **train):
     c = vqvae_mnist.get_config()
     c.model.update(TINY)

@@ -76,6 +76,11 @@ def use_cpu_cores_as_devices(batch_sizes: tuple[int, ...], *, max_devices: int |
     every batch size. Only the CPU backend is affected (GPU/TPU runs are unchanged), and it must
     be called before JAX's first computation; afterwards it does nothing and returns 0.
 
+    Not for large matrix multiplies: XLA:CPU still runs those on its shared Eigen pool, and we
+    have seen an MLP VAE step deadlock in the gradient all-reduce (one device's continuation
+    blocked on a pool thread the other device needed; XLA aborts after 40 s). The VQ-VAE's small
+    convolutions are unaffected; the MLP experiments keep this off.
+
     Returns:
       The number of CPU devices configured, or 0 if JAX had already started.
     """
@@ -315,6 +320,24 @@ def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, des
     return out
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(optimizer_config, steps: int) -> optax.Schedule:
+    """Linear warm-up over ``warmup_steps``, then constant or cosine decay to 0 at ``steps``.
+
+    ``optimizer_config`` has ``learning_rate``, ``warmup_steps`` and optionally ``schedule``
+    (``"constant"``, the default, or ``"cosine"``).
+    """
+    lr, warmup = float(optimizer_config.learning_rate), int(optimizer_config.warmup_steps)
+    kind = optimizer_config.get("schedule", "constant")
+    if kind not in SCHEDULES:
+        raise ValueError(f"`config.optimizer.schedule` must be one of {SCHEDULES}; got {kind!r}.")
+    if kind == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), end_value=0.0)
+    return optax.linear_schedule(0.0, lr, max(1, warmup)) if warmup else optax.constant_schedule(lr)
+
+
 def train_and_evaluate(
     config,
     workdir: str,
@@ -323,7 +346,7 @@ def train_and_evaluate(
     objective: Objective,
     reconstruct: Callable[[nnx.Module, jax.Array], jax.Array] | None = None,
     init_fn: Callable[[nnx.Module, dict, jax.Array], None] | None = None,
-    eval_objectives: dict[str, Objective] | None = None,
+    eval_objectives: dict[str, tuple[Objective, int]] | None = None,
     after_training: Callable[[nnx.Module, Any, str], dict | None] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
@@ -338,9 +361,10 @@ def train_and_evaluate(
     examples (the same on every process; e.g. a codebook fitted to encoder outputs) before
     training starts.
 
-    After training the test split is evaluated with ``objective`` and then with each of
-    ``eval_objectives`` (e.g. an expensive importance-weighted bound; their metrics join the
-    ``test`` summary). On process 0, ``reconstruct(model, x)`` (if given) draws
+    After training the test split is evaluated with ``objective`` and then with each
+    ``(objective, batch_size)`` of ``eval_objectives`` (e.g. an expensive importance-weighted bound;
+    their metrics join the ``test`` summary). Keep such a batch small enough that one step takes
+    seconds: XLA:CPU aborts a collective whose devices arrive more than 40 s apart. On process 0, ``reconstruct(model, x)`` (if given) draws
     ``reconstructions.png`` and ``after_training(model, test_source, workdir)`` (if given) may draw
     more pictures and return extra summary entries. Returns the summary dict.
     """
@@ -374,9 +398,7 @@ def train_and_evaluate(
     test_src = data_lib.get_source(split="test", **dict(src_kw, log=lambda s: None))
     train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=config.seed)
 
-    tx = optax.adam(optax.linear_schedule(0.0, config.optimizer.learning_rate,
-                                          max(1, config.optimizer.warmup_steps))
-                    if config.optimizer.warmup_steps else config.optimizer.learning_rate)
+    tx = optax.adam(learning_rate_schedule(config.optimizer, steps))
     model = model_fn(nnx.Rngs(config.seed))
     if init_fn is not None:  # a resumed run overwrites this with the checkpoint
         order = np.random.default_rng(config.seed).permutation(len(train_src))[:batch_size]
@@ -442,8 +464,11 @@ def train_and_evaluate(
 
         ev = evaluate(eval_step, state, test_src, mesh, batch_size=eval_batch_size)
         counts = ev.pop("_counts", None)
-        for name, extra in (eval_objectives or {}).items():
-            more = evaluate(make_eval_step(graphdef, extra), state, test_src, mesh, batch_size=eval_batch_size,
+        for name, (extra, extra_batch_size) in (eval_objectives or {}).items():
+            if extra_batch_size % mesh.size:
+                raise ValueError(f"The batch size {extra_batch_size} of eval objective {name!r} must be divisible "
+                                 f"by the number of devices {mesh.size}.")
+            more = evaluate(make_eval_step(graphdef, extra), state, test_src, mesh, batch_size=extra_batch_size,
                             desc=f"test {name}")
             more.pop("_counts", None)
             ev.update({k: v for k, v in more.items() if k != "num_examples"})

@@ -39,5 +39,12 @@ def sum_event(x: jax.Array, event_ndim: int) -> jax.Array:
 
 
 def float_dtype(*xs: jax.Array):
-    """The result dtype: at least float32 (bfloat16 inputs are summed in float32)."""
-    return jnp.promote_types(jnp.result_type(*xs), jnp.float32)
+    """The result dtype: at least float32 (bfloat16 inputs are summed in float32).
+
+    Not ``jnp.promote_types(..., float32)``: under strict dtype promotion that raises for
+    bfloat16 and float64 inputs instead of choosing float32 / float64.
+    """
+    dtype = jnp.result_type(*xs)
+    if not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return dtype

@@ -8,7 +8,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vqjax.losses._checks import check_event_ndim, check_positive_int, check_same_shape, float_dtype, sum_event
+from vqjax.losses._checks import (
+    check_event_ndim,
+    check_positive_int,
+    check_same_shape,
+    float_dtype,
+    sum_event,
+)
 
 __all__ = ["reparameterize", "gaussian_kl", "monte_carlo_kl"]
 
@@ -78,11 +84,13 @@ def gaussian_kl(
         for name, p in (("prior_mean", prior_mean), ("prior_log_variance", prior_log_variance)):
             if p is not None:
                 try:
-                    jnp.broadcast_shapes(jnp.shape(p), mean.shape)
+                    ok = jnp.broadcast_shapes(jnp.shape(p), mean.shape) == mean.shape
                 except ValueError:
+                    ok = False
+                if not ok:
                     raise ValueError(
                         f"`{name}` must broadcast to mean.shape={mean.shape}; got {jnp.shape(p)}."
-                    ) from None
+                    )
         pm = jnp.zeros((), dtype) if prior_mean is None else jnp.asarray(prior_mean, dtype)
         plv = jnp.zeros((), dtype) if prior_log_variance is None else jnp.asarray(prior_log_variance, dtype)
         kl = 0.5 * (plv - lv + (jnp.exp(lv) + jnp.square(mu - pm)) * jnp.exp(-plv) - 1.0)

@@ -11,7 +11,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vqjax.losses._checks import check_event_ndim, check_positive_int, check_same_shape, float_dtype, sum_event
+from vqjax.losses._checks import (
+    check_event_ndim,
+    check_positive_int,
+    check_same_shape,
+    float_dtype,
+    sum_event,
+)
 
 __all__ = [
     "bernoulli_log_likelihood",
@@ -97,28 +103,27 @@ def gaussian_log_likelihood(
         return -0.5 * sum_event(sq, event_ndim) / var - 0.5 * n * jnp.log(2 * jnp.pi * var)
     log_variance = jnp.asarray(log_variance).astype(dtype)
     try:
-        jnp.broadcast_shapes(log_variance.shape, mean.shape)
+        log_variance = jnp.broadcast_to(log_variance, mean.shape)
     except ValueError:
         raise ValueError(
             f"`log_variance` must broadcast to mean.shape={mean.shape}; got {log_variance.shape}."
         ) from None
-    log_variance = jnp.broadcast_to(log_variance, mean.shape)
     terms = sq * jnp.exp(-log_variance) + log_variance + math.log(2 * math.pi)
     return -0.5 * sum_event(terms, event_ndim)
 
 
-def _log_sigmoid_difference(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``log(σ(a) - σ(b))`` for ``a > b``, stable for large |a|, |b| and small ``a - b``.
+def _log_sigmoid_difference(a: jax.Array, b: jax.Array, width: jax.Array) -> jax.Array:
+    """``log(σ(a) - σ(b))`` for ``a > b`` with ``width = a - b``, stable for any a, b and width.
 
-    Uses ``σ(a) - σ(b) = σ(-b) - σ(-a)`` to keep both arguments on the side where
-    ``log σ`` does not saturate, then ``log σ(a) + log(1 - exp(log σ(b) - log σ(a)))``.
+    Uses the exact identity ``σ(a) - σ(b) = σ(a) σ(-b) (1 - e^{-(a - b)})``: both ``log σ`` terms
+    are accurate at any argument, and ``log(1 - e^{-w})`` is taken on the given ``width`` (not on a
+    difference of rounded logs), so a bin that is tiny next to the scale keeps its precision.
     """
-    flip = (a + b) > 0
-    a, b = jnp.where(flip, -b, a), jnp.where(flip, -a, b)
-    la, lb = jax.nn.log_sigmoid(a), jax.nn.log_sigmoid(b)
-    t = jnp.maximum(la - lb, 1e-30)  # > 0
-    log1mexp = jnp.where(t < math.log(2.0), jnp.log(-jnp.expm1(-t)), jnp.log1p(-jnp.exp(-t)))
-    return la + log1mexp
+    small = width < math.log(2.0)
+    # Each branch sees only its own range (double where), so neither yields inf/NaN gradients.
+    w_small, w_large = jnp.where(small, width, 1.0), jnp.where(small, 1.0, width)
+    log1mexp = jnp.where(small, jnp.log(-jnp.expm1(-w_small)), jnp.log1p(-jnp.exp(-w_large)))
+    return jax.nn.log_sigmoid(a) + jax.nn.log_sigmoid(-b) + log1mexp
 
 
 def discretized_logistic_log_likelihood(
@@ -165,16 +170,16 @@ def discretized_logistic_log_likelihood(
         raise ValueError(f"`log_scale` must broadcast to mean.shape={mean.shape}; got {log_scale.shape}.") from None
     levels = num_bins - 1
     k = jnp.clip(jnp.round(targets.astype(dtype) * levels), 0, levels)
-    centred = k / levels - mean.astype(dtype)
+    mean = mean.astype(dtype)
     inv_s = jnp.exp(-log_scale)
     half = 0.5 / levels
-    upper = (centred + half) * inv_s
-    lower = (centred - half) * inv_s
-    log_p = jnp.where(
-        k == 0,
-        jax.nn.log_sigmoid(upper),
-        jnp.where(k == levels, jax.nn.log_sigmoid(-lower), _log_sigmoid_difference(upper, lower)),
-    )
+    # The edge between levels k and k+1 is (2k + 1)·δ, computed by the same float operations as the
+    # lower edge of level k+1, so adjacent bins share it bit for bit and the masses telescope to 1.
+    upper = ((2.0 * k + 1.0) * half - mean) * inv_s
+    lower = ((2.0 * k - 1.0) * half - mean) * inv_s
+    interior = _log_sigmoid_difference(upper, lower, 2.0 * half * inv_s)
+    last = jnp.where(k == levels, jax.nn.log_sigmoid(-lower), interior)
+    log_p = jnp.where(k == 0, jax.nn.log_sigmoid(upper), last)
     return sum_event(log_p, event_ndim)
 
 

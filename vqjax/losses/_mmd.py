@@ -112,9 +112,9 @@ def mmd(
     if isinstance(kernel, str):
         if kernel not in _KERNELS:
             raise ValueError(f"`kernel` must be one of {tuple(_KERNELS)} or a callable; got {kernel!r}.")
-        kernel_fn = lambda a, b: _KERNELS[kernel](a, b, **kernel_kwargs)  # noqa: E731
+        kernel_fn = lambda a, b: _KERNELS[kernel](a, b, **kernel_kwargs)
     else:
-        kernel_fn = lambda a, b: kernel(a, b, **kernel_kwargs)  # noqa: E731
+        kernel_fn = lambda a, b: kernel(a, b, **kernel_kwargs)
     n, m = x.shape[0], y.shape[0]
     dtype = float_dtype(x, y)
     w = jnp.ones((n,), dtype) if x_weights is None else jnp.asarray(x_weights, dtype)

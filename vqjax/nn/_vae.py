@@ -12,6 +12,7 @@ importance-weighted bound and samples through the pure functions of :mod:`vqjax.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -37,7 +38,7 @@ class MLPEncoder(nnx.Module):
                  hidden: int | tuple[int, ...] = 500, rngs: nnx.Rngs):
         self.image_shape = tuple(image_shape)
         widths = (math.prod(image_shape), *((hidden,) if isinstance(hidden, int) else hidden))
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])])
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)])
         self.mean = nnx.Linear(widths[-1], latents, rngs=rngs)
         self.log_variance = nnx.Linear(widths[-1], latents, rngs=rngs)
 
