@@ -31,11 +31,12 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from vqjax import objectives
+from vqjax import losses, objectives
 from vqjax.nn import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 OBJECTIVES = ("vae", "beta_vae", "info_vae")
 ARCHITECTURES = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "discretized_logistic")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -60,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict({
         "arch": "mlp",  # "mlp" (Flax example) or "conv"
         "latents": 20,
+        # "bernoulli" on binarized digits, or "discretized_logistic" on the 8-bit grey levels (set
+        # data.dynamic_binarization=False): then the report is also in bits per dimension.
+        "likelihood": "bernoulli",
         "hidden": 500,  # MLP width; the conv model uses conv_hidden channels
         "conv_hidden": 32,
         "objective": "vae",  # "vae" (β = 1), "beta_vae" (β, capacity) or "info_vae" (α, λ, kernel)
@@ -88,14 +92,20 @@ def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
     m = config.model
     if m.arch not in ARCHITECTURES:
         raise ValueError(f"`config.model.arch` must be one of {ARCHITECTURES}; got {m.arch!r}.")
+    if m.likelihood not in LIKELIHOODS:
+        raise ValueError(f"`config.model.likelihood` must be one of {LIKELIHOODS}; got {m.likelihood!r}.")
+    if m.likelihood == "discretized_logistic" and config.data.dynamic_binarization:
+        raise ValueError("`config.model.likelihood='discretized_logistic'` models the 8-bit grey levels: set "
+                         "`config.data.dynamic_binarization=False`.")
     shape = (28, 28, 1)
+    out = (28, 28, 2) if m.likelihood == "discretized_logistic" else shape  # location and log-scale
     if m.arch == "mlp":
         enc = MLPEncoder(shape, m.latents, hidden=m.hidden, rngs=rngs)
-        dec = MLPDecoder(shape, m.latents, hidden=m.hidden, rngs=rngs)
+        dec = MLPDecoder(out, m.latents, hidden=m.hidden, rngs=rngs)
     else:
         enc = ConvEncoder(shape, m.latents, hidden=m.conv_hidden, rngs=rngs)
-        dec = ConvDecoder(shape, m.latents, hidden=m.conv_hidden, rngs=rngs)
-    return VAE(enc, dec, latents=m.latents, likelihood="bernoulli")
+        dec = ConvDecoder(out, m.latents, hidden=m.conv_hidden, rngs=rngs)
+    return VAE(enc, dec, latents=m.latents, likelihood=m.likelihood)
 
 
 def build(config: ml_collections.ConfigDict):
@@ -206,6 +216,11 @@ def format_test(summary: dict) -> str:
             f"{t['distortion']:.2f} + rate {t['rate']:.2f}")
     if "iwae_nll" in t:
         line += f"; IWAE NLL (S={summary['config']['eval']['iwae_samples']}) {t['iwae_nll']:.2f}"
+    if summary["config"]["model"]["likelihood"] == "discretized_logistic":
+        bits = float(losses.bits_per_dim(-t["elbo"], 28 * 28))
+        line += f"; {bits:.3f} bits/dim (ELBO)"
+        if "iwae_nll" in t:
+            line += f", {float(losses.bits_per_dim(t['iwae_nll'], 28 * 28)):.3f} bits/dim (IWAE)"
     return line + f"; active units {summary.get('active_units', '?')}"
 
 

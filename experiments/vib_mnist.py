@@ -69,7 +69,7 @@ def build(config: ml_collections.ConfigDict) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
     """Train one model per β; returns ``{"runs": [...], "h_y": ...}`` and writes the curve and JSON."""
-    from vqjax import training, viz
+    from vqjax import training
 
     betas = [float(b) for b in config.betas]
     if len(betas) < 1 or any(not b >= 0 for b in betas):
@@ -88,14 +88,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
     for r in rows:
         r["i_zy_lower_bound"] = h_y - r["cross_entropy"]
     result = {"runs": rows, "h_y": h_y, "config": config.to_dict()}
-    if len(rows) > 0:
-        viz.save_curve(os.path.join(workdir, "vib_curve.png"), [r["rate"] for r in rows],
-                       [100 * r["error"] for r in rows], labels=[f"β={r['beta']:g}" for r in rows],
-                       xlabel="rate: KL(q(z|x) || r(z)) ≥ I(x; z), nats", ylabel="test error, %",
-                       title=f"VIB on MNIST ({rows[0]['steps']} steps per β)", logx=True)
+    plot(result, os.path.join(workdir, "vib_curve.png"))
     with open(os.path.join(workdir, "sweep.json"), "w") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def plot(result: dict, path: str) -> None:
+    """Test error against rate, both on log scales, one labelled point per β."""
+    from vqjax import viz
+
+    rows = result["runs"]
+    viz.save_curve(path, [r["rate"] for r in rows], [100 * r["error"] for r in rows],
+                   labels=[f"β={r['beta']:g}" for r in rows], xlabel="rate: KL(q(z|x) || r(z)) ≥ I(x; z), nats",
+                   ylabel="test error, %", title=f"VIB on MNIST ({rows[0]['steps']} steps per β)", logx=True,
+                   logy=True)
 
 
 def format_table(result: dict) -> str:

@@ -45,9 +45,11 @@ def test_vae_mnist_reports_elbo_rate_distortion_and_iwae(idx_dir, tmp_path):
     {"objective": "beta_vae", "beta": 4.0, "capacity_max": 10.0, "capacity_steps": 4},
     {"objective": "info_vae", "info_alpha": 1.0, "info_lambda": 100.0, "kernel": "rbf"},
     {"objective": "vae", "arch": "conv", "conv_hidden": 4},
+    {"objective": "vae", "likelihood": "discretized_logistic"},
 ])
 def test_every_objective_and_architecture_trains(idx_dir, model):
     config = _vae_config(idx_dir, **model)
+    config.data.dynamic_binarization = model.get("likelihood") != "discretized_logistic"
     kw = vae_mnist.build(config)
     tx = optax.adam(1e-3)
     graphdef, state = training.init_train_state(kw["model_fn"](nnx.Rngs(0)), tx, seed=0)
@@ -83,6 +85,10 @@ def test_bad_config_is_a_clear_error(idx_dir):
         vae_mnist.build_model(_vae_config(idx_dir, arch="resnet"), nnx.Rngs(0))
     with pytest.raises(ValueError, match="beta"):
         vae_mnist.build(_vae_config(idx_dir, objective="beta_vae", beta=-1.0))
+    with pytest.raises(ValueError, match="dynamic_binarization"):
+        vae_mnist.build_model(_vae_config(idx_dir, likelihood="discretized_logistic"), nnx.Rngs(0))
+    with pytest.raises(ValueError, match="likelihood"):
+        vae_mnist.build_model(_vae_config(idx_dir, likelihood="poisson"), nnx.Rngs(0))
 
 
 def test_vib_sweep_writes_the_accuracy_rate_curve(idx_dir, tmp_path):

@@ -116,3 +116,21 @@ def test_vib_classifier_samples_and_averages_the_softmax():
     probs = model.predict(x, key=jax.random.key(1), num_samples=3)
     np.testing.assert_allclose(probs, jnp.mean(jax.nn.softmax(logits, -1), 0), rtol=1e-5)
     np.testing.assert_allclose(jnp.sum(probs, -1), 1.0, rtol=1e-5)
+
+
+def test_discretized_logistic_vae_scores_8_bit_levels():
+    rngs = nnx.Rngs(0)
+    model = VAE(MLPEncoder(SHAPE, 3, hidden=16, rngs=rngs), MLPDecoder((28, 28, 2), 3, hidden=16, rngs=rngs),
+                latents=3, likelihood="discretized_logistic")
+    x = jnp.round(jax.random.uniform(jax.random.key(1), (4, *SHAPE)) * 255) / 255
+    out = model(x, key=jax.random.key(2))
+    location, log_scale = jnp.split(out.logits, 2, axis=-1)
+    expected = losses.discretized_logistic_log_likelihood(jax.nn.sigmoid(location), jnp.maximum(log_scale, -7.0),
+                                                          x, event_ndim=3)
+    np.testing.assert_allclose(out.log_likelihood, expected, rtol=1e-6)
+    assert np.all(np.asarray(out.log_likelihood) < 0)  # a probability mass: log P <= 0
+    iwae = model.iwae_log_likelihood(x, key=jax.random.key(3), num_samples=5, chunk_size=2)
+    assert iwae.shape == (4,) and np.all(np.isfinite(iwae))
+    samples, mean = model.generate(key=jax.random.key(4), num_samples=3)
+    assert samples.shape == mean.shape == (3, *SHAPE)
+    np.testing.assert_allclose(np.asarray(samples) * 255, np.round(np.asarray(samples) * 255), atol=1e-3)

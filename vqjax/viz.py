@@ -82,6 +82,7 @@ def save_curve(
     ylabel: str = "",
     title: str = "",
     logx: bool = False,
+    logy: bool = False,
 ) -> None:
     """A line through points ``(x_i, y_i)``, each marked and optionally labelled (one per run of a sweep)."""
     import matplotlib
@@ -98,6 +99,13 @@ def save_curve(
         ax.annotate(text, (x[i], y[i]), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if logx:
         ax.set_xscale("log")
+    if logy:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)

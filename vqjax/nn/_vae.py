@@ -25,7 +25,8 @@ from vqjax.nn._layers import SubpixelConvTranspose
 
 __all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "VAE", "VAEOutput", "VAE_LIKELIHOODS"]
 
-VAE_LIKELIHOODS = ("bernoulli", "gaussian")
+VAE_LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
+_MIN_LOG_SCALE = -7.0  # as PixelCNN++: a logistic narrower than e^-7 of the [0, 1] range is one bin
 
 
 class MLPEncoder(nnx.Module):
@@ -121,9 +122,13 @@ class VAE(nnx.Module):
 
     Args:
       encoder: maps ``x [B, *image]`` to ``(μ, log σ²)``, each ``[B, L]``.
-      decoder: maps ``z [..., L]`` to ``[..., *image]`` logits (Bernoulli) or means (Gaussian).
+      decoder: maps ``z [..., L]`` to ``[..., *image]`` logits (Bernoulli) or means (Gaussian); for
+        ``"discretized_logistic"`` to ``[..., H, W, 2C]``: per pixel a location (through a sigmoid,
+        on the [0, 1] scale) and a ``log s`` (clipped below at -7).
       latents: L.
-      likelihood: ``"bernoulli"`` (binarized data) or ``"gaussian"`` (fixed ``variance``).
+      likelihood: ``"bernoulli"`` (binarized data), ``"gaussian"`` (fixed ``variance``) or
+        ``"discretized_logistic"`` (8-bit data as ``k / 255``: a probability mass, so the bound is in
+        honest nats and converts to bits per dimension).
       variance: σ² of the Gaussian decoder.
     """
 
@@ -150,10 +155,20 @@ class VAE(nnx.Module):
         event_ndim = x.ndim - 1 if event_ndim is None else event_ndim
         if self.likelihood == "bernoulli":
             return losses.bernoulli_log_likelihood(params, x, event_ndim=event_ndim)
+        if self.likelihood == "discretized_logistic":
+            location, log_scale = self._logistic(params)
+            return losses.discretized_logistic_log_likelihood(location, log_scale, x, event_ndim=event_ndim)
         return losses.gaussian_log_likelihood(params, x, variance=self.variance, event_ndim=event_ndim)
 
+    @staticmethod
+    def _logistic(params: jax.Array) -> tuple[jax.Array, jax.Array]:
+        location, log_scale = jnp.split(params, 2, axis=-1)
+        return jax.nn.sigmoid(location), jnp.maximum(log_scale, _MIN_LOG_SCALE)
+
     def mean_image(self, params: jax.Array) -> jax.Array:
-        """The mean of ``p(x|z)``: ``sigmoid(logits)`` or the Gaussian mean."""
+        """The mean of ``p(x|z)``: ``sigmoid(logits)``, the Gaussian mean, or the logistic's location."""
+        if self.likelihood == "discretized_logistic":
+            return self._logistic(params)[0]
         return jax.nn.sigmoid(params) if self.likelihood == "bernoulli" else params
 
     def __call__(self, x: jax.Array, *, key: jax.Array) -> VAEOutput:
@@ -174,7 +189,8 @@ class VAE(nnx.Module):
                                                log_variance=log_variance, event_ndim=1)
         log_p = losses.gaussian_log_likelihood(jnp.zeros_like(z), z, event_ndim=1)
         params = self.decode(z)  # [S, B, *image]
-        ll = self.log_likelihood(params, jnp.broadcast_to(x, params.shape), event_ndim=x.ndim - 1)
+        xs = jnp.broadcast_to(x, params.shape[:-1] + x.shape[-1:])  # [S, B, *image]
+        ll = self.log_likelihood(params, xs, event_ndim=x.ndim - 1)
         return ll + log_p - log_q
 
     def iwae_log_likelihood(self, x: jax.Array, *, key: jax.Array, num_samples: int,
@@ -198,6 +214,10 @@ class VAE(nnx.Module):
         mean = self.mean_image(params)
         if self.likelihood == "bernoulli":
             x = jax.random.bernoulli(kx, mean).astype(mean.dtype)
+        elif self.likelihood == "discretized_logistic":  # a logistic sample, rounded to one of 256 levels
+            _, log_scale = self._logistic(params)
+            noise = jax.random.logistic(kx, mean.shape, mean.dtype)
+            x = jnp.clip(jnp.round((mean + jnp.exp(log_scale) * noise) * 255.0) / 255.0, 0.0, 1.0)
         else:
             x = mean + jnp.sqrt(self.variance) * jax.random.normal(kx, mean.shape, mean.dtype)
         return x, mean
