@@ -99,3 +99,12 @@ def test_vib_objective(batch):
     pred = np.argmax(model.predict(batch["image"], key=k_eval, num_samples=5), -1)
     np.testing.assert_allclose(m["accuracy"], np.mean(pred == np.asarray(batch["label"])), rtol=1e-6)
     np.testing.assert_allclose(m["accuracy"] + m["error"], 1.0, rtol=1e-6)
+
+
+def test_evaluation_binarizes_each_example_by_its_index(batch):
+    """With ``batch["index"]`` (evaluation), a test image's binarization ignores the batch it is in."""
+    key = jax.random.key(7)
+    full, _ = objectives._data(dict(batch, index=jnp.arange(6, dtype=jnp.int32)), key, True)
+    part, _ = objectives._data({"image": batch["image"][2:4], "index": jnp.arange(2, 4, dtype=jnp.int32)}, key, True)
+    np.testing.assert_array_equal(full[2:4], part)
+    assert set(np.unique(np.asarray(full))) == {0.0, 1.0}

@@ -99,15 +99,26 @@ def binarize(images: jax.Array, *, key: jax.Array) -> jax.Array:
     return jax.random.bernoulli(key, images).astype(images.dtype)
 
 
-def _data(batch: dict, key: jax.Array, dynamic_binarization: bool) -> tuple[jax.Array, jax.Array]:
-    """The batch's images (binarized with the first half of ``key``) and the second half of the key.
+def _batch_key(key: jax.Array, batch: dict) -> jax.Array:
+    """In evaluation (``batch["index"]`` present) the key is shared by all batches: make it the batch's."""
+    return jax.random.fold_in(key, batch["index"][0]) if "index" in batch else key
 
-    Every VAE objective splits its key this way, so the ELBO and the IWAE bound of one evaluation
-    batch see the same binarized images.
+
+def _data(batch: dict, key: jax.Array, dynamic_binarization: bool) -> tuple[jax.Array, jax.Array]:
+    """The batch's images, binarized with the first half of ``key``, and a key for the model.
+
+    In evaluation each image is binarized with ``fold_in(k, batch["index"][i])``: every objective
+    evaluated on the test split (the ELBO, the IWAE bound) sees the same binary image for each
+    example, whatever its batch size.
     """
     k_data, k_model = jax.random.split(key)
     x = batch["image"]
-    return (binarize(x, key=k_data) if dynamic_binarization else x), k_model
+    if dynamic_binarization:
+        if "index" in batch:
+            x = jax.vmap(lambda i, img: binarize(img, key=jax.random.fold_in(k_data, i)))(batch["index"], x)
+        else:
+            x = binarize(x, key=k_data)
+    return x, _batch_key(k_model, batch)
 
 
 def vae_objective(
@@ -201,7 +212,7 @@ def vib_objective(
       upper bound on ``I(x; z)``), ``accuracy`` and ``error``, and ``sum/*`` totals.
     """
     x, y = batch["image"], batch["label"]
-    k_train, k_eval = jax.random.split(key)
+    k_train, k_eval = jax.random.split(_batch_key(key, batch))
     logits, _, _, kl = model(x, key=k_train)
     terms = losses.vib_loss(logits[0], y, kl, beta=beta)
     probs = model.predict(x, key=k_eval, num_samples=num_eval_samples)

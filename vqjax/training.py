@@ -137,10 +137,9 @@ def _step_key(state: TrainState) -> jax.Array:
 _EVAL_STREAM = 0x7FFFFFFF  # evaluation keys: a stream apart from the training steps'
 
 
-def _eval_key(state: TrainState, batch_index: jax.Array) -> jax.Array:
-    """The same for every checkpoint of a run: evaluations of one run see the same randomness."""
-    base = jax.random.fold_in(jax.random.wrap_key_data(state.key), _EVAL_STREAM)
-    return jax.random.fold_in(base, batch_index)
+def _eval_key(state: TrainState) -> jax.Array:
+    """One key for every evaluation batch and checkpoint of a run (see :func:`make_eval_step`)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.key), _EVAL_STREAM)
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, objective: Objective):
@@ -171,16 +170,18 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective: Objec
 
 
 def make_eval_step(graphdef, objective: Objective):
-    """``eval_step(state, batch, weights, batch_index) -> metrics``: jitted, no update.
+    """``eval_step(state, batch, weights) -> metrics``: jitted, no update.
 
-    The objective's key depends on the run's seed and ``batch_index`` only, not on the step, so
-    stochastic evaluations (a binarized test set, posterior samples) are repeatable.
+    The objective's key depends on the run's seed only: the same for every batch and every
+    checkpoint. :func:`evaluate` adds ``batch["index"]``, each example's index in the split; an
+    objective folds it into the key for randomness that belongs to an example (a binarized test
+    image is then the same whatever the batch size or the objective), or its first entry for
+    randomness that belongs to the batch.
     """
 
-    def eval_step(state: TrainState, batch: Any, weights: jax.Array, batch_index: jax.Array):
+    def eval_step(state: TrainState, batch: Any, weights: jax.Array):
         model = nnx.merge(graphdef, state.params, state.rest)
-        _, metrics = objective(model, batch, key=_eval_key(state, batch_index), step=state.step,
-                               weights=weights)
+        _, metrics = objective(model, batch, key=_eval_key(state), step=state.step, weights=weights)
         return metrics
 
     return jax.jit(eval_step)
@@ -282,8 +283,9 @@ def _restore(mgr, step: int, target: TrainState, data_iter) -> TrainState:
 def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, desc: str | None = None) -> dict:
     """Metrics over the whole of ``source``: totals divided by the number of examples.
 
-    The last batch is padded to ``batch_size`` and masked, so every example counts once. With
-    ``desc``, a progress bar on process 0.
+    The last batch is padded to ``batch_size`` and masked, so every example counts once. Each
+    batch gets ``"index"``: int32 ``[B]`` indices unique to each example, on one host its position
+    in ``source`` (padding rows get indices past the end). With ``desc``, a progress bar on process 0.
     """
     from tqdm import tqdm
 
@@ -302,7 +304,9 @@ def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, des
         weights[:n] = 1.0
         if n < local:
             batch = jax.tree.map(lambda x, pad=local - n: np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]), batch)
-        m = eval_step(state, shard_batch(batch, mesh), shard_batch(weights, mesh), jnp.int32(batch_index))
+        first = (batch_index * jax.process_count() + jax.process_index()) * local
+        batch = dict(batch, index=np.arange(first, first + local, dtype=np.int32))
+        m = eval_step(state, shard_batch(batch, mesh), shard_batch(weights, mesh))
         bar.update(1)
         keep = {k: v for k, v in m.items() if k.startswith("sum/") or k in ("weight", "counts")}
         totals = keep if not totals else jax.tree.map(jnp.add, totals, keep)
