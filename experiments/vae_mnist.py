@@ -8,8 +8,8 @@
     python -m experiments.vae_mnist --config.model.latents=2 --workdir=runs/vae_2d   # draws the 2-D manifold
     python -m experiments.vae_mnist --config.data.idx_dir=/path/to/mnist             # the four IDX files
 
-The images are binarized afresh at every step (``x ~ Bernoulli(pixel)``); the test set is
-binarized once per run (the same for every evaluation). The test report gives the ELBO, its
+The images are binarized afresh at every step (``x ~ Bernoulli(pixel)``); each test image is
+binarized once per run, from its index (the same for every evaluation and every test metric). The test report gives the ELBO, its
 rate (KL) and distortion (``-log p(x|z)``), all in nats per image, and the IWAE estimate of
 ``-log p(x)`` with ``config.eval.iwae_samples`` samples (5000, as in Burda et al., 2016).
 
