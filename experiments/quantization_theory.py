@@ -30,6 +30,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import _program
 from vqjax import quantization as q
 from vqjax.quantizers import nearest_code
 
@@ -403,10 +404,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def main(argv):
     del argv
-    from absl import logging
-
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)
+    _program.start()
     run(_CONFIG.value, _WORKDIR.value)
 
 

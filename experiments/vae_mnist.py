@@ -31,6 +31,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import _program
 from vqjax import losses, objectives
 from vqjax.nn import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
@@ -118,8 +119,8 @@ def build(config: ml_collections.ConfigDict):
     binarize = bool(config.data.dynamic_binarization)
     capacity = None
     if m.objective == "beta_vae" and m.capacity_max > 0:
-        capacity = optax.linear_schedule(0.0, m.capacity_max, m.capacity_steps) if m.capacity_steps else (
-            lambda step: m.capacity_max)
+        capacity = (optax.linear_schedule(0.0, m.capacity_max, m.capacity_steps) if m.capacity_steps
+                    else optax.constant_schedule(m.capacity_max))
 
     def objective(model, batch, *, key, step, weights=None):
         kw = {"key": key, "dynamic_binarization": binarize, "weights": weights}
@@ -155,8 +156,6 @@ def build(config: ml_collections.ConfigDict):
 
 def draw(model: VAE, test_src, workdir: str, config) -> dict:
     """Samples, latent traversals, the 2-D manifold; returns the number of active latent units."""
-    from scipy.stats import norm
-
     from vqjax import viz
 
     key = jax.random.key(config.seed + 1)
@@ -180,7 +179,7 @@ def draw(model: VAE, test_src, workdir: str, config) -> dict:
     trav = np.asarray(decode(jnp.asarray(z.reshape(-1, model.latents))))
     viz.save_png(os.path.join(workdir, "traversals.png"), viz.image_grid(trav, ncols=len(values)))
     if model.latents == 2:  # Kingma & Welling (2014), fig. 4: decode a grid of prior quantiles
-        grid = norm.ppf(np.linspace(0.05, 0.95, 20))
+        grid = np.asarray(jax.scipy.special.ndtri(jnp.linspace(0.05, 0.95, 20)))
         zz = np.stack(np.meshgrid(grid, grid[::-1]), -1).reshape(-1, 2)
         viz.save_png(os.path.join(workdir, "manifold.png"),
                      viz.image_grid(np.asarray(decode(jnp.asarray(zz, jnp.float32))), ncols=20, pad=0))
@@ -195,15 +194,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def main(argv):
     del argv
-    from absl import logging
-
-    from vqjax import training
-
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)
     config = _CONFIG.value
-    if config.cpu_devices_per_core:
-        training.use_cpu_cores_as_devices((config.data.batch_size, config.data.eval_batch_size, config.eval.iwae_batch_size))
+    _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
+                   batch_sizes=(config.data.batch_size, config.data.eval_batch_size, config.eval.iwae_batch_size))
     summary = run(config, _WORKDIR.value)
     print(json.dumps({k: summary[k] for k in ("steps", "data_source", "images_per_sec", "wall_seconds_this_run")}))
     print(format_test(summary) + f"  -> {_WORKDIR.value}")

@@ -19,7 +19,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import vae_mnist
+from experiments import _program, vae_mnist
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,17 +32,14 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
-    from vqjax import training, viz
+    from vqjax import viz
 
-    betas = [float(b) for b in config.betas]
-    if len(betas) < 1 or any(not b >= 0 for b in betas):
-        raise ValueError(f"`config.betas` must be non-negative numbers; got {config.betas!r}.")
-    rows = []
-    for beta in betas:
-        c = config.vae.copy_and_resolve_references()
+    def set_beta(c, beta):
         c.model.objective, c.model.beta = "beta_vae", beta
-        log(f"β = {beta:g}")
-        s = training.train_and_evaluate(c, os.path.join(workdir, f"beta={beta:g}"), **vae_mnist.build(c), log=log)
+
+    rows = []
+    for beta, s in _program.beta_sweep(config.betas, config.vae, workdir, set_beta=set_beta,
+                                       build=vae_mnist.build, log=log):
         t = s["test"]
         rows.append({"beta": beta, "rate": t["rate"], "distortion": t["distortion"], "elbo": t["elbo"],
                      "active_units": s.get("active_units"), "steps": s["steps"], "data_source": s["data_source"]})
@@ -66,15 +63,10 @@ def format_table(result: dict) -> str:
 
 def main(argv):
     del argv
-    from absl import logging
-
-    from vqjax import training
-
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)
     config = _CONFIG.value
-    if config.vae.cpu_devices_per_core:
-        training.use_cpu_cores_as_devices((config.vae.data.batch_size, config.vae.data.eval_batch_size, config.vae.eval.iwae_batch_size))
+    v = config.vae
+    _program.start(cpu_devices_per_core=v.cpu_devices_per_core,
+                   batch_sizes=(v.data.batch_size, v.data.eval_batch_size, v.eval.iwae_batch_size))
     result = run(config, _WORKDIR.value)
     print(format_table(result))
     print(f"-> {_WORKDIR.value}/rate_distortion.png, sweep.json")

@@ -22,6 +22,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import _program
 from vqjax import objectives
 from vqjax.nn import MLPEncoder, VIBClassifier
 
@@ -69,17 +70,11 @@ def build(config: ml_collections.ConfigDict) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
     """Train one model per β; returns ``{"runs": [...], "h_y": ...}`` and writes the curve and JSON."""
-    from vqjax import training
-
-    betas = [float(b) for b in config.betas]
-    if len(betas) < 1 or any(not b >= 0 for b in betas):
-        raise ValueError(f"`config.betas` must be non-negative numbers; got {config.betas!r}.")
-    rows = []
-    for beta in betas:
-        c = config.copy_and_resolve_references()
+    def set_beta(c, beta):
         c.model.beta = beta
-        log(f"β = {beta:g}")
-        s = training.train_and_evaluate(c, os.path.join(workdir, f"beta={beta:g}"), **build(c), log=log)
+
+    rows = []
+    for beta, s in _program.beta_sweep(config.betas, config, workdir, set_beta=set_beta, build=build, log=log):
         t = s["test"]
         rows.append({"beta": beta, "accuracy": t["accuracy"], "error": t["error"], "rate": t["rate"],
                      "cross_entropy": t["cross_entropy"], "steps": s["steps"],
@@ -114,15 +109,9 @@ def format_table(result: dict) -> str:
 
 def main(argv):
     del argv
-    from absl import logging
-
-    from vqjax import training
-
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.ERROR)
     config = _CONFIG.value
-    if config.cpu_devices_per_core:
-        training.use_cpu_cores_as_devices((config.data.batch_size, config.data.eval_batch_size))
+    _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
+                   batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     result = run(config, _WORKDIR.value)
     print(format_table(result))
     print(f"-> {_WORKDIR.value}/vib_curve.png, sweep.json")

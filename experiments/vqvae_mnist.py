@@ -18,6 +18,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import _program
 from vqjax import objectives, quantization
 from vqjax.nn import VQVAE
 
@@ -80,16 +81,11 @@ def build(config: ml_collections.ConfigDict):
 
 def main(argv):
     del argv
-    from absl import logging
-
     from vqjax import training
 
-    if not flags.FLAGS["verbosity"].present:  # Orbax and TFDS log every step at INFO
-        logging.set_verbosity(logging.ERROR)
-
     config = _CONFIG.value
-    if config.cpu_devices_per_core:
-        training.use_cpu_cores_as_devices((config.data.batch_size, config.data.eval_batch_size))
+    _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
+                   batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     model_fn, objective, reconstruct, init_fn = build(config)
     summary = training.train_and_evaluate(config, _WORKDIR.value, model_fn=model_fn, objective=objective,
                                           reconstruct=reconstruct, init_fn=init_fn)

@@ -34,6 +34,18 @@ def reconstruction_mean(logits: jax.Array, likelihood: str) -> jax.Array:
     return jax.nn.sigmoid(logits) if likelihood == "bernoulli" else logits
 
 
+def _weights(batch_size: int, weights: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    w = jnp.ones((batch_size,), jnp.float32) if weights is None else weights.astype(jnp.float32)
+    return w, jnp.maximum(jnp.sum(w), 1.0)
+
+
+def _report(per_example: dict, w: jax.Array, total_w: jax.Array) -> dict:
+    sums = {k: jnp.sum(v * w) for k, v in per_example.items()}
+    metrics = {k: v / total_w for k, v in sums.items()}
+    metrics.update({f"sum/{k}": v for k, v in sums.items()}, weight=jnp.sum(w))
+    return metrics
+
+
 def vqvae_objective(
     model: VQVAE,
     batch: dict,
@@ -61,37 +73,18 @@ def vqvae_objective(
     out = model(x)
     ll = _log_likelihood(out.logits, x, likelihood, variance)
     terms = losses.vqvae_loss(ll, out.z_e, out.codes, beta=beta, event_ndim=3)
-    b = x.shape[0]
-    w = jnp.ones((b,), jnp.float32) if weights is None else weights.astype(jnp.float32)
-    total_w = jnp.maximum(jnp.sum(w), 1.0)
+    w, total_w = _weights(x.shape[0], weights)
     mse = jnp.mean(jnp.square(reconstruction_mean(out.logits, likelihood) - x), axis=(1, 2, 3))
-    sums = {
-        "loss": terms.loss, "reconstruction": terms.reconstruction, "codebook": terms.codebook,
-        "commitment": terms.commitment, "mse": mse,
-    }
-    sums = {k: jnp.sum(v * w) for k, v in sums.items()}
+    metrics = _report({"loss": terms.loss, "reconstruction": terms.reconstruction, "codebook": terms.codebook,
+                       "commitment": terms.commitment, "mse": mse}, w, total_w)
     num_codes = model.codebook.shape[0]
     idx = jnp.where(w[:, None, None] > 0, out.indices, num_codes)  # padded rows: out of range
     usage = quantizers.code_usage(idx, num_codes)
-    metrics = {k: v / total_w for k, v in sums.items()}
-    metrics.update(perplexity=usage.perplexity, used_fraction=usage.used_fraction)
-    metrics.update({f"sum/{k}": v for k, v in sums.items()}, weight=jnp.sum(w), counts=usage.counts)
-    return sums["loss"] / total_w, metrics
+    metrics.update(perplexity=usage.perplexity, used_fraction=usage.used_fraction, counts=usage.counts)
+    return metrics["loss"], metrics
 
 
 # --------------------------------------------------------------------------- the VAE family
-
-
-def _weights(batch_size: int, weights: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-    w = jnp.ones((batch_size,), jnp.float32) if weights is None else weights.astype(jnp.float32)
-    return w, jnp.maximum(jnp.sum(w), 1.0)
-
-
-def _report(per_example: dict, w: jax.Array, total_w: jax.Array) -> dict:
-    sums = {k: jnp.sum(v * w) for k, v in per_example.items()}
-    metrics = {k: v / total_w for k, v in sums.items()}
-    metrics.update({f"sum/{k}": v for k, v in sums.items()}, weight=jnp.sum(w))
-    return metrics
 
 
 def binarize(images: jax.Array, *, key: jax.Array) -> jax.Array:

@@ -14,6 +14,17 @@ def check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> No
         )
 
 
+def check_class_targets(logits: jax.Array, targets: jax.Array, name: str) -> None:
+    """``logits [..., C]`` against integer ``targets [...]`` called ``name``."""
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"`logits` must have the shape of `{name}` plus a trailing class axis; got "
+            f"logits.shape={logits.shape}, {name}.shape={targets.shape}."
+        )
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise ValueError(f"`{name}` must be integer classes; got dtype {targets.dtype}.")
+
+
 def check_event_ndim(x: jax.Array, event_ndim: int, name: str) -> None:
     if not isinstance(event_ndim, int) or event_ndim < 0 or event_ndim > x.ndim:
         raise ValueError(

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from vqjax.losses._checks import (
+    check_class_targets,
     check_event_ndim,
     check_positive_int,
     check_same_shape,
@@ -197,13 +198,7 @@ def categorical_log_likelihood(
       ``[...]`` log-likelihood per example, in nats.
     """
     logits, targets = jnp.asarray(logits), jnp.asarray(targets)
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(
-            "`logits` must have the shape of `targets` plus a trailing class axis; got "
-            f"logits.shape={logits.shape}, targets.shape={targets.shape}."
-        )
-    if not jnp.issubdtype(targets.dtype, jnp.integer):
-        raise ValueError(f"`targets` must be integer classes; got dtype {targets.dtype}.")
+    check_class_targets(logits, targets, "targets")
     event_ndim = targets.ndim if event_ndim is None else event_ndim
     check_event_ndim(targets, event_ndim, "targets")
     log_p = jax.nn.log_softmax(logits.astype(float_dtype(logits)), axis=-1)

@@ -17,7 +17,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vqjax.losses._checks import check_nonnegative, check_same_shape, float_dtype
+from vqjax.losses._checks import check_class_targets, check_nonnegative, check_same_shape
+from vqjax.losses._likelihoods import categorical_log_likelihood
 
 __all__ = ["VIBLoss", "vib_loss"]
 
@@ -43,17 +44,9 @@ def vib_loss(logits: jax.Array, labels: jax.Array, kl: jax.Array, *, beta: float
       :class:`VIBLoss` of ``[...]`` arrays.
     """
     logits, labels, kl = jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(kl)
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(
-            "`logits` must have the shape of `labels` plus a class axis; got "
-            f"logits.shape={logits.shape}, labels.shape={labels.shape}."
-        )
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"`labels` must be integer classes; got dtype {labels.dtype}.")
+    check_class_targets(logits, labels, "labels")
     check_same_shape(labels, kl, "labels", "kl")
     check_nonnegative(beta, "beta")
-    dtype = float_dtype(logits)
-    log_p = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
-    ce = -jnp.take_along_axis(log_p, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    rate = kl.astype(dtype)
+    ce = -categorical_log_likelihood(logits, labels, event_ndim=0)
+    rate = kl.astype(ce.dtype)
     return VIBLoss(ce + beta * rate, ce, rate)
