@@ -1,4 +1,4 @@
-"""vqjax.fsq: finite scalar quantization against NumPy, index round trips, straight-through gradients."""
+"""vqjax.quantizers.fsq: finite scalar quantization against NumPy, index round trips, straight-through gradients."""
 
 import itertools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqjax import fsq as F
+from vqjax import quantizers as F
 
 LEVELS = (8, 5, 3, 2)
 

@@ -166,3 +166,18 @@ def test_unknown_codebook_init_is_a_clear_error(idx_dir):
     config.model.codebook_init = "zeros"
     with pytest.raises(ValueError, match="codebook_init"):
         vqvae_mnist.build(config)
+
+
+def test_learning_rate_schedule_warms_up_then_holds_or_decays():
+    import ml_collections
+
+    cfg = ml_collections.ConfigDict({"learning_rate": 2e-3, "warmup_steps": 10})
+    constant = training.learning_rate_schedule(cfg, 100)
+    np.testing.assert_allclose([constant(0), constant(5), constant(10), constant(99)], [0, 1e-3, 2e-3, 2e-3],
+                               rtol=1e-6)
+    cfg.schedule = "cosine"
+    cosine = training.learning_rate_schedule(cfg, 100)
+    np.testing.assert_allclose([cosine(10), cosine(55), cosine(100)], [2e-3, 1e-3, 0.0], rtol=1e-5, atol=1e-9)
+    cfg.schedule = "linear"
+    with pytest.raises(ValueError, match="schedule"):
+        training.learning_rate_schedule(cfg, 100)
