@@ -42,9 +42,14 @@ def test_vqvae_shapes_and_quantization():
     x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1))
     out = model(x)
     assert out.logits.shape == (3, 28, 28, 1)
-    assert out.z_e.shape == out.codes.shape == (3, 7, 7, 4)
+    assert out.z_e.shape == out.z_q.shape == (3, 7, 7, 4)
     assert out.indices.shape == (3, 7, 7) and out.indices.dtype == jnp.int32
-    np.testing.assert_array_equal(out.indices, quantizers.nearest_code(out.z_e, model.codebook[...]))
+    codebook = model.quantizer.codebook[...]
+    np.testing.assert_array_equal(out.indices, quantizers.nearest_code(out.z_e, codebook))
+    np.testing.assert_allclose(out.z_q, codebook[out.indices], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out.codebook_loss, np.sum((out.z_e - codebook[out.indices]) ** 2, axis=(1, 2, 3)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(out.commitment_loss, out.codebook_loss, rtol=1e-6)
     np.testing.assert_array_equal(model.encode(x), out.indices)
     np.testing.assert_allclose(model.decode(out.indices), out.logits, rtol=1e-5, atol=1e-5)
 
@@ -60,7 +65,7 @@ def test_vqvae_reconstruction_gradient_reaches_the_encoder_through_straight_thro
     grads = jax.grad(recon)(params)
     enc = jax.tree.leaves(grads["encoder"])
     assert all(np.isfinite(g).all() for g in enc) and any(np.abs(g).max() > 0 for g in enc)
-    np.testing.assert_array_equal(grads["codebook"][...], 0.0)  # only the VQ loss moves the codebook
+    np.testing.assert_array_equal(grads["quantizer"]["codebook"][...], 0.0)  # only the VQ loss moves the codebook
 
 
 @pytest.mark.parametrize("kw, match", [({"num_codes": 0}, "num_codes"), ({"hidden": 7}, "hidden")])

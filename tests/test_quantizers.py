@@ -8,7 +8,7 @@ import pytest
 pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 from vqjax import losses, quantizers
-from vqjax.quantizers import _argmin_block, _fused_block
+from vqjax.quantizers._vq import _argmin_block, _fused_block
 
 RNG = np.random.default_rng(0)
 
@@ -63,7 +63,7 @@ def test_blocked_equals_unblocked(block_size):
 
 
 def test_large_inputs_are_searched_in_blocks(monkeypatch):
-    monkeypatch.setattr(quantizers, "_BLOCK_ELEMENTS", 64 * 100)  # 100 rows a block for K=64
+    monkeypatch.setattr(quantizers._vq, "_BLOCK_ELEMENTS", 64 * 100)  # 100 rows a block for K=64
     z, e = _data(1050, 64, 4, seed=6)
     jaxpr = str(jax.make_jaxpr(quantizers.nearest_code)(z, e))
     assert "scan" in jaxpr or "while" in jaxpr

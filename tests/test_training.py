@@ -153,11 +153,11 @@ def test_lloyd_codebook_init_fits_the_encoder_outputs(idx_dir):
         idx = np.asarray(quantizers.nearest_code(z_e, codebook))
         return float(np.mean(np.sum((z_e - np.asarray(codebook)[idx]) ** 2, -1)))
 
-    before = distortion(model.codebook[...])
+    before = distortion(model.quantizer.codebook[...])
     init_fn(model, {"image": images}, jax.random.key(0))
-    after = distortion(model.codebook[...])
+    after = distortion(model.quantizer.codebook[...])
     assert after < 0.5 * before
-    used = np.unique(np.asarray(quantizers.nearest_code(z_e, model.codebook[...])))
+    used = np.unique(np.asarray(quantizers.nearest_code(z_e, model.quantizer.codebook[...])))
     assert len(used) == TINY["num_codes"]  # every code is the centroid of a non-empty cell
 
 

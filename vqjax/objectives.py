@@ -53,34 +53,50 @@ def vqvae_objective(
     beta: float = 0.25,
     likelihood: str = "bernoulli",
     variance: float = 0.5,
+    key: jax.Array | None = None,
     weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
     r"""Batch-mean VQ-VAE loss ``-log p(x|z_q) + ||sg[z_e] - e||² + β||z_e - sg[e]||²``.
+
+    The codebook and commitment terms are the quantizer's (:class:`vqjax.nn.VQVAEOutput`): an EMA
+    quantizer has no codebook term (the EMA update replaces it), FSQ neither term, residual VQ the
+    sum over its stages.
 
     Args:
       model: a :class:`vqjax.nn.VQVAE`.
       batch: ``{"image": [B, H, W, C] float in [0, 1]}``.
       beta: commitment cost β.
       likelihood: ``"bernoulli"`` (logits) or ``"gaussian"`` (mean, fixed ``variance``).
+      key: draws the dead-code restarts of an EMA quantizer in training mode.
       weights: optional ``[B]`` 0/1 mask for padded evaluation batches.
 
     Returns:
       ``(loss, metrics)``: the weighted mean loss and a dict of scalars (``loss``,
       ``reconstruction`` in nats per image, ``codebook``, ``commitment``, ``mse`` per pixel,
-      ``perplexity``, ``used_fraction``), plus ``sum/*`` totals, ``weight`` and ``counts [K]``.
+      ``perplexity``, ``used_fraction``, ``dead_codes`` (codes unused by this batch),
+      ``restarted``), plus ``sum/*`` totals, ``weight`` and ``counts`` (``[K]``, or ``[S, K]``
+      per stage of residual VQ).
     """
     x = batch["image"]
-    out = model(x)
-    ll = _log_likelihood(out.logits, x, likelihood, variance)
-    terms = losses.vqvae_loss(ll, out.z_e, out.codes, beta=beta, event_ndim=3)
+    out = model(x, key=key)
+    reconstruction = -_log_likelihood(out.logits, x, likelihood, variance)
     w, total_w = _weights(x.shape[0], weights)
     mse = jnp.mean(jnp.square(reconstruction_mean(out.logits, likelihood) - x), axis=(1, 2, 3))
-    metrics = _report({"loss": terms.loss, "reconstruction": terms.reconstruction, "codebook": terms.codebook,
-                       "commitment": terms.commitment, "mse": mse}, w, total_w)
-    num_codes = model.codebook.shape[0]
-    idx = jnp.where(w[:, None, None] > 0, out.indices, num_codes)  # padded rows: out of range
-    usage = quantizers.code_usage(idx, num_codes)
-    metrics.update(perplexity=usage.perplexity, used_fraction=usage.used_fraction, counts=usage.counts)
+    loss = reconstruction + out.codebook_loss + beta * out.commitment_loss
+    metrics = _report({"loss": loss, "reconstruction": reconstruction, "codebook": out.codebook_loss,
+                       "commitment": out.commitment_loss, "mse": mse}, w, total_w)
+    num_codes = model.num_codes
+    mask = (w > 0).reshape((-1,) + (1,) * (out.indices.ndim - 1))
+    idx = jnp.where(mask, out.indices, num_codes)  # padded rows: out of range, not counted
+    if idx.ndim == 4:  # residual VQ: [B, h, w, S], usage per stage
+        usage = jax.vmap(lambda i: quantizers.code_usage(i, num_codes), in_axes=-1)(idx)
+        metrics.update(perplexity=jnp.mean(usage.perplexity), used_fraction=jnp.mean(usage.used_fraction),
+                       dead_codes=jnp.sum(usage.dead).astype(jnp.float32), counts=usage.counts)
+    else:
+        usage = quantizers.code_usage(idx, num_codes)
+        metrics.update(perplexity=usage.perplexity, used_fraction=usage.used_fraction,
+                       dead_codes=usage.dead.astype(jnp.float32), counts=usage.counts)
+    metrics["restarted"] = out.restarted.astype(jnp.float32)
     return metrics["loss"], metrics
 
 

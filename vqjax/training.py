@@ -148,13 +148,16 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective: Objec
     ``objective(model, batch, key=..., step=...)`` returns ``(loss, metrics)``; the key is
     ``fold_in(seed key, step)`` and ``step`` the number of updates done so far (for schedules
     inside the objective, such as an annealed capacity). The step differentiates the
-    loss with respect to the ``nnx.Param`` variables and applies ``tx``. Variables the objective
-    changes in place (``rest``) are carried over.
+    loss with respect to the ``nnx.Param`` variables and applies ``tx``. The model is in training
+    mode (``model.train()``); variables the objective changes in place (``rest``: EMA codebooks,
+    batch statistics) are carried over.
     """
 
     def train_step(state: TrainState, batch: Any):
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.rest)
+            # copy=True: fresh Variables of this trace, which the objective may update in place (flax#5050)
+            model = nnx.merge(graphdef, params, state.rest, copy=True)
+            model.train()  # NNX training mode: dropout on, running statistics (EMA codebooks) update
             loss, metrics = objective(model, batch, key=_step_key(state), step=state.step)
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, rest)
@@ -170,7 +173,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, objective: Objec
 
 
 def make_eval_step(graphdef, objective: Objective):
-    """``eval_step(state, batch, weights) -> metrics``: jitted, no update.
+    """``eval_step(state, batch, weights) -> metrics``: jitted, no update, the model in ``eval()`` mode.
 
     The objective's key depends on the run's seed only: the same for every batch and every
     checkpoint. :func:`evaluate` adds ``batch["index"]``, each example's index in the split; an
@@ -181,6 +184,7 @@ def make_eval_step(graphdef, objective: Objective):
 
     def eval_step(state: TrainState, batch: Any, weights: jax.Array):
         model = nnx.merge(graphdef, state.params, state.rest)
+        model.eval()  # NNX evaluation mode: deterministic, running statistics frozen
         _, metrics = objective(model, batch, key=_eval_key(state), step=state.step, weights=weights)
         return metrics
 
@@ -220,7 +224,7 @@ class _MetricsLog:
                 rows = [(line, _parse(line)) for line in f]
             # Drop what was logged after the checkpoint, and a finished run's test line (redone).
             kept = [line for line, r in rows
-                    if r and (r["step"] < start_step or (r["step"] == start_step and r["split"] == "train"))]
+                    if r and (r["step"] < start_step or (r["step"] == start_step and r["split"] != "test"))]
             with open(self.path, "w") as f:
                 f.writelines(kept)
         from tensorboardX import SummaryWriter
@@ -315,13 +319,31 @@ def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, des
 
     weight = float(totals["weight"])
     out = {k[4:]: float(v) / weight for k, v in totals.items() if k.startswith("sum/")}
-    if "counts" in totals:
+    if "counts" in totals:  # [K], or [S, K] per stage of residual VQ: means over stages
         counts = np.asarray(totals["counts"])
-        out["perplexity"] = float(quantizers.perplexity(counts))
+        out["perplexity"] = float(np.mean(quantizers.perplexity(counts)))
         out["used_fraction"] = float(np.mean(counts > 0))
+        out["dead_codes"] = int(np.sum(counts == 0))
         out["_counts"] = counts
     out["num_examples"] = int(weight)
     return out
+
+
+def _plot_usage_history(workdir: str, steps: int, test: dict, *, num_codes: int) -> None:
+    """``perplexity.png``: perplexity of the training batches and of each evaluation, from ``metrics.jsonl``."""
+    from vqjax import viz
+
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [r for r in map(_parse, f) if r and "perplexity" in r]
+    series = {}
+    for split, label in (("train", "training batches"), ("eval", "test set")):
+        pts = [(r["step"], r["perplexity"]) for r in rows if r["split"] == split]
+        if split == "eval":
+            pts.append((steps, test["perplexity"]))
+        if pts:
+            series[label] = tuple(map(np.asarray, zip(*pts)))
+    viz.save_history(os.path.join(workdir, "perplexity.png"), series, ylabel="perplexity",
+                     title=f"codebook perplexity (dashed: K = {num_codes})", hline=num_codes)
 
 
 SCHEDULES = ("constant", "cosine")
@@ -359,7 +381,8 @@ def train_and_evaluate(
     ``config`` is an ``ml_collections.ConfigDict`` with ``seed``, ``data`` (``dataset``,
     ``idx_dir``, ``tfds_data_dir``, ``batch_size``, ``eval_batch_size``), ``optimizer``
     (``learning_rate``, ``warmup_steps``) and ``train`` (``steps``, ``log_every``,
-    ``checkpoint_every``). Running again with the same ``workdir`` resumes from the latest
+    ``checkpoint_every``, and optionally ``eval_every``: evaluate on the test split every so many
+    steps and log it as split ``"eval"``). Running again with the same ``workdir`` resumes from the latest
     checkpoint; a finished run only evaluates and reports. ``init_fn(model, batch, key)``, if
     given, adjusts the fresh model in place from a first batch of ``batch_size`` training
     examples (the same on every process; e.g. a codebook fitted to encoder outputs) before
@@ -427,6 +450,7 @@ def train_and_evaluate(
         mlog = _MetricsLog(workdir, start, is_main)
 
         log_every, ckpt_every = int(config.train.log_every), int(config.train.checkpoint_every)
+        eval_every = int(config.train.get("eval_every", 0))
         pending: list[dict] = []
         t_interval, n_interval, train_seconds = time.perf_counter(), 0, 0.0
         bar = tqdm(total=steps, initial=start, desc="train", disable=not is_main or start >= steps,
@@ -462,6 +486,12 @@ def train_and_evaluate(
                 bar.set_postfix(loss=f"{mean['loss']:.2f}", img_s=f"{mean['images_per_sec']:.0f}")
                 if step % ckpt_every == 0 or step == steps:
                     _save(mgr, state, train_iter)
+            if eval_every and step % eval_every == 0 and step < steps:
+                t_eval = time.perf_counter()
+                ev = evaluate(eval_step, state, test_src, mesh, batch_size=eval_batch_size)
+                ev.pop("_counts", None)
+                mlog.write(step, "eval", ev)
+                t_interval += time.perf_counter() - t_eval  # evaluation time is not training time
         bar.close()
         mgr.wait_until_finished()
         mgr.close()
@@ -504,11 +534,12 @@ def train_and_evaluate(
                              viz.reconstruction_grid(x, x_hat, ncols=16))
             if after_training is not None:
                 summary.update(after_training(model, test_src, workdir) or {})
-            if counts is not None:
+            if counts is not None:  # a quantizer's usage: perplexity over training, final histogram
+                _plot_usage_history(workdir, steps, ev, num_codes=counts.shape[-1])
                 viz.save_usage_plot(
                     os.path.join(workdir, "codebook_usage.png"), counts,
                     title=f"test-set code usage: perplexity {ev['perplexity']:.1f}, "
-                          f"{ev['used_fraction']:.0%} of {len(counts)} codes used",
+                          f"{ev['used_fraction']:.0%} of {counts.size} codes used",
                 )
             summary["wall_seconds_this_run"] = round(time.perf_counter() - t_start, 2)
             with open(os.path.join(workdir, "summary.json"), "w") as f:

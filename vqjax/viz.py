@@ -61,7 +61,8 @@ def save_usage_plot(path: str | os.PathLike, counts: np.ndarray, *, title: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = np.sort(np.asarray(counts, np.float64))[::-1]
+    counts = np.asarray(counts, np.float64)
+    counts = np.sort(counts.reshape(-1, counts.shape[-1]), axis=-1)[:, ::-1].reshape(-1)  # per stage
     fig, ax = plt.subplots(figsize=(6, 2.5), dpi=120)
     ax.bar(np.arange(len(counts)), counts, width=1.0, color="#3465a4")
     ax.set_xlabel("code (sorted by use)")
@@ -110,6 +111,76 @@ def save_curve(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)
+
+
+def save_history(
+    path: str | os.PathLike,
+    series: dict[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    xlabel: str = "step",
+    ylabel: str = "",
+    title: str = "",
+    hline: float | None = None,
+) -> None:
+    """Curves ``label -> (steps, values)`` on one axis, e.g. perplexity over training; ``hline`` marks a bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
+    for label, (x, y) in series.items():
+        ax.plot(np.asarray(x), np.asarray(y), "o-" if len(x) < 30 else "-", ms=3, label=label)
+    if hline is not None:
+        ax.axhline(hline, color="0.5", ls="--", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)
+
+
+def pca_2d(points: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Project ``points [N, D]`` (and ``others``, with the same map) on their first two principal axes."""
+    points = np.asarray(points, np.float64)
+    mean = points.mean(axis=0)
+    _, _, vt = np.linalg.svd(points - mean, full_matrices=False)
+    axes = vt[:2].T if vt.shape[0] >= 2 else np.eye(points.shape[1], 2)
+    return [(np.asarray(p, np.float64) - mean) @ axes for p in (points, *others)]
+
+
+def save_codebook_projection(
+    path: str | os.PathLike, codebook: np.ndarray, z: np.ndarray, *, counts: np.ndarray | None = None,
+    title: str = "",
+) -> None:
+    """Encoder outputs ``z [N, D]`` (grey) and codes ``codebook [K, D]`` (coloured by use; unused: red x) in 2-D PCA."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z2, e2 = pca_2d(z, codebook)
+    fig, ax = plt.subplots(figsize=(5, 4.4), dpi=120)
+    ax.scatter(z2[:, 0], z2[:, 1], s=2, c="0.7", alpha=0.4, lw=0, label="encoder outputs")
+    if counts is None:
+        ax.scatter(e2[:, 0], e2[:, 1], s=8, c="#3465a4", label="codes")
+    else:
+        used = np.asarray(counts).reshape(-1) > 0
+        sc = ax.scatter(e2[used, 0], e2[used, 1], s=8, c=np.log10(np.asarray(counts).reshape(-1)[used]),
+                        cmap="viridis", label="codes (colour: log10 count)")
+        fig.colorbar(sc, ax=ax, shrink=0.8)
+        if np.any(~used):
+            ax.scatter(e2[~used, 0], e2[~used, 1], s=12, c="#cc0000", marker="x", lw=0.8, label="unused codes")
+    ax.set_xlabel("PC 1 of the encoder outputs")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, markerscale=2, loc="best")
     fig.tight_layout()
     fig.savefig(os.fspath(path))
     plt.close(fig)

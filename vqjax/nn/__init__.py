@@ -1,6 +1,16 @@
 """Flax NNX modules that wrap the pure core."""
 
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
+from vqjax.nn._quantizers import (
+    QUANTIZERS,
+    CodebookStatistic,
+    EMAVectorQuantizer,
+    FiniteScalarQuantizer,
+    QuantizerOutput,
+    ResidualVectorQuantizer,
+    VectorQuantizer,
+    make_quantizer,
+)
 from vqjax.nn._vae import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, VAEOutput
 from vqjax.nn._vib import VIBClassifier
 from vqjax.nn._vqvae import VQVAE, Decoder, Encoder, VQVAEOutput
@@ -8,4 +18,6 @@ from vqjax.nn._vqvae import VQVAE, Decoder, Encoder, VQVAEOutput
 __all__ = [
     "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "VAE", "VAEOutput", "VIBClassifier",
     "Encoder", "Decoder", "VQVAE", "VQVAEOutput", "ResidualBlock", "SubpixelConvTranspose",
+    "QuantizerOutput", "CodebookStatistic", "VectorQuantizer", "EMAVectorQuantizer", "FiniteScalarQuantizer",
+    "ResidualVectorQuantizer", "QUANTIZERS", "make_quantizer",
 ]

@@ -3,8 +3,8 @@
 ``Encoder``: ``[B, 28, 28, C] -> [B, 7, 7, D]`` (two 4×4 stride-2 convolutions, a 3×3
 convolution, residual blocks, a 1×1 projection to the code dimension D).
 ``Decoder``: ``[B, 7, 7, D] -> [B, 28, 28, C]`` logits (a 3×3 convolution, residual blocks,
-two 4×4 stride-2 transposed convolutions). ``VQVAE`` joins them through the pure quantizer
-:func:`vqjax.quantizers.quantize`.
+two 4×4 stride-2 transposed convolutions). ``VQVAE`` joins them through a quantizer module
+(:mod:`vqjax.nn._quantizers`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import NamedTuple
 import jax
 from flax import nnx
 
-from vqjax import quantizers
+import jax.numpy as jnp
+
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
+from vqjax.nn._quantizers import VectorQuantizer
 
 __all__ = ["Encoder", "Decoder", "VQVAE", "VQVAEOutput"]
 
@@ -83,56 +85,72 @@ class VQVAEOutput(NamedTuple):
 
     logits: jax.Array  # [B, H, W, C] decoder output (Bernoulli logits or Gaussian mean)
     z_e: jax.Array  # [B, h, w, D] encoder output
-    codes: jax.Array  # [B, h, w, D] e_k, differentiable in the codebook
-    indices: jax.Array  # [B, h, w] int32 code indices
+    z_q: jax.Array  # [B, h, w, D] quantized (straight-through) decoder input
+    indices: jax.Array  # [B, h, w] int32 code indices ([B, h, w, S] for residual VQ)
+    codebook_loss: jax.Array  # [B] ||sg[z_e] - e||² summed over the latent map (0 for EMA and FSQ)
+    commitment_loss: jax.Array  # [B] ||z_e - sg[e]||² summed over the latent map, without β
+    restarted: jax.Array  # [] dead codes re-seeded by this call (EMA in training mode)
 
 
 class VQVAE(nnx.Module):
-    """Encoder → nearest-code quantizer (straight-through) → decoder.
+    """Encoder → quantizer → decoder.
 
-    The codebook ``e [K, D]`` is an ``nnx.Param``; its initial values are uniform in
-    ``[-1/K, 1/K]`` as in the reference implementation (Sonnet's ``VectorQuantizer``).
-    Losses are the caller's: :func:`vqjax.losses.vqvae_loss` on the returned arrays.
+    The quantizer is any module of :mod:`vqjax.nn._quantizers` (plain, EMA, FSQ, residual; see
+    :func:`vqjax.nn.make_quantizer`); the default is the paper's :class:`VectorQuantizer` with
+    ``num_codes`` codes of dimension ``code_dim``, initialised uniform in ``[-1/K, 1/K]`` as in the
+    reference implementation (Sonnet's ``VectorQuantizer``). With a ``quantizer`` given, the code
+    dimension is its ``code_dim`` and ``num_codes``/``code_dim`` must be left unset. Losses are the
+    caller's: :func:`vqjax.objectives.vqvae_objective`.
     """
 
     def __init__(
         self,
         *,
         in_channels: int = 1,
-        num_codes: int = 512,
-        code_dim: int = 64,
+        num_codes: int | None = None,
+        code_dim: int | None = None,
         hidden: int = 64,
         residual_hidden: int = 32,
         num_residual: int = 2,
+        quantizer: nnx.Module | None = None,
         rngs: nnx.Rngs,
     ):
+        if quantizer is None:
+            quantizer = VectorQuantizer(512 if num_codes is None else num_codes,
+                                        64 if code_dim is None else code_dim, rngs=rngs)
+        elif num_codes is not None or code_dim is not None:
+            raise ValueError("`num_codes` and `code_dim` come from the given `quantizer`; leave them unset.")
         for name, v in {
-            "in_channels": in_channels, "num_codes": num_codes, "code_dim": code_dim, "hidden": hidden,
-            "residual_hidden": residual_hidden,
+            "in_channels": in_channels, "hidden": hidden, "residual_hidden": residual_hidden,
         }.items():
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"`{name}` must be a positive int; got {v!r}.")
         if hidden % 2:
             raise ValueError(f"`hidden` must be even (the first layer has hidden/2); got {hidden}.")
         kw = {"hidden": hidden, "residual_hidden": residual_hidden, "num_residual": num_residual, "rngs": rngs}
-        self.encoder = Encoder(in_channels, code_dim, **kw)
-        self.decoder = Decoder(code_dim, in_channels, **kw)
-        self.codebook = nnx.Param(
-            jax.random.uniform(rngs.params(), (num_codes, code_dim), minval=-1.0 / num_codes,
-                               maxval=1.0 / num_codes)
-        )
+        self.encoder = Encoder(in_channels, quantizer.code_dim, **kw)
+        self.quantizer = quantizer
+        self.decoder = Decoder(quantizer.code_dim, in_channels, **kw)
+
+    @property
+    def num_codes(self) -> int:
+        """Codes per stage (the implied codebook size for FSQ)."""
+        return self.quantizer.num_codes
 
     def encode(self, x: jax.Array) -> jax.Array:
-        """``x [B, H, W, C] -> indices [B, H/4, W/4]``."""
-        return quantizers.nearest_code(self.encoder(x), self.codebook[...])
+        """``x [B, H, W, C] -> indices [B, H/4, W/4]`` (``[..., S]`` for residual VQ)."""
+        return self.quantizer.encode(self.encoder(x))
 
     def decode(self, indices: jax.Array) -> jax.Array:
-        """``indices [B, h, w] -> logits [B, 4h, 4w, C]``: decode stored codes."""
-        return self.decoder(quantizers.lookup(indices, self.codebook[...]))
+        """``indices -> logits [B, 4h, 4w, C]``: decode stored codes."""
+        return self.decoder(self.quantizer.decode(indices))
 
-    def __call__(self, x: jax.Array) -> VQVAEOutput:
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> VQVAEOutput:
+        """Reconstruct ``x``; ``key`` draws dead-code restarts (EMA quantizers in training mode)."""
         if x.ndim != 4:
             raise ValueError(f"`x` must be [B, H, W, C]; got shape {x.shape}.")
         z_e = self.encoder(x)
-        q = quantizers.quantize(z_e, self.codebook[...])
-        return VQVAEOutput(self.decoder(q.z_q), z_e, q.codes, q.indices)
+        q = self.quantizer(z_e, key=key)
+        per_example = lambda t: jnp.sum(t, axis=(1, 2))  # noqa: E731
+        return VQVAEOutput(self.decoder(q.z_q), z_e, q.z_q, q.indices, per_example(q.codebook_loss),
+                           per_example(q.commitment_loss), q.restarted)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqjax.quantizers import nearest_code
+from vqjax.quantizers._vq import nearest_code
 
 __all__ = [
     "GeneralizedLloydResult",

@@ -14,7 +14,6 @@ in row blocks so that peak memory stays bounded for large ``N × K``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -26,15 +25,12 @@ __all__ = [
     "nearest_code",
     "lookup",
     "straight_through",
+    "l2_normalize",
     "Quantized",
     "quantize",
     "CodeUsage",
     "code_usage",
     "perplexity",
-    "fsq",
-    "fsq_codes_to_indices",
-    "fsq_indices_to_codes",
-    "fsq_codebook_size",
 ]
 
 # A block's distance matrix holds at most this many float32 entries (64 MiB) when it is
@@ -182,21 +178,37 @@ def straight_through(z_e: jax.Array, z_q: jax.Array) -> jax.Array:
     return z_e + jax.lax.stop_gradient(z_q - z_e)
 
 
+def l2_normalize(x: jax.Array, *, eps: float = 1e-12) -> jax.Array:
+    r"""``x / max(||x||₂, eps)`` along the last axis (a zero vector stays zero, with no NaN)."""
+    x = jnp.asarray(x)
+    norm_sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
+    return (x * jax.lax.rsqrt(jnp.maximum(norm_sq, eps * eps))).astype(x.dtype)
+
+
 class Quantized(NamedTuple):
-    """Output of :func:`quantize`."""
+    """Output of :func:`quantize` (and of :func:`fsq`)."""
 
     z_q: jax.Array  # [..., D] straight-through: forward e_k, gradient to z_e
     codes: jax.Array  # [..., D] e_k = codebook[k]; differentiable in the codebook
     indices: jax.Array  # [...] int32 nearest-code indices k
 
 
-def quantize(z_e: jax.Array, codebook: jax.Array, *, block_size: int | None = None) -> Quantized:
+def quantize(
+    z_e: jax.Array, codebook: jax.Array, *, cosine: bool = False, block_size: int | None = None
+) -> Quantized:
     r"""Vector-quantize ``z_e [..., D]`` with ``codebook [K, D]``.
 
     ``k = argmin_i ||z_e - e_i||²``, ``codes = e_k`` and ``z_q = z_e + sg[e_k - z_e]``. Feed
     ``z_q`` to the decoder and ``(z_e, codes)`` to :func:`vqjax.losses.codebook_loss` and
     :func:`vqjax.losses.commitment_loss`.
+
+    With ``cosine=True`` both ``z_e`` and the codes are first l2-normalised (Yu et al., 2022,
+    "Vector-quantized image modeling with improved VQGAN"): the nearest code is the one of largest
+    cosine similarity, and ``z_q``, ``codes`` live on the unit sphere — so the losses
+    (``||ẑ_e - ê||² = 2 - 2 cos``) compare directions only.
     """
+    if cosine:
+        z_e, codebook = l2_normalize(z_e), l2_normalize(codebook)
     indices = nearest_code(z_e, codebook, block_size=block_size)
     codes = lookup(indices, codebook).astype(z_e.dtype)
     return Quantized(straight_through(z_e, codes), codes, indices)
@@ -208,6 +220,7 @@ class CodeUsage(NamedTuple):
     counts: jax.Array  # [K] float32 number of vectors assigned to each code
     perplexity: jax.Array  # [] exp(entropy of the code distribution), in [1, K]
     used_fraction: jax.Array  # [] share of codes with at least one vector
+    dead: jax.Array  # [] int32 number of codes with no vector (K · (1 - used_fraction))
 
 
 def perplexity(counts: jax.Array) -> jax.Array:
@@ -220,7 +233,7 @@ def perplexity(counts: jax.Array) -> jax.Array:
 def code_usage(
     indices: jax.Array, num_codes: int, *, axis_name: str | tuple[str, ...] | None = None
 ) -> CodeUsage:
-    """Per-code counts, perplexity and used fraction of a batch of indices.
+    """Per-code counts, perplexity, used fraction and dead-code count of a batch of indices.
 
     Under ``jax.jit`` with sharded inputs the counts are global already. Inside
     ``jax.shard_map`` pass the mesh ``axis_name``: counts are ``psum``-ed over it first, so the
@@ -241,93 +254,6 @@ def code_usage(
     counts = jnp.zeros((num_codes,), jnp.float32).at[flat].add(1.0, mode="drop")
     if axis_name is not None:
         counts = jax.lax.psum(counts, axis_name)
-    used = jnp.mean((counts > 0).astype(jnp.float32))
-    return CodeUsage(counts, perplexity(counts), used)
-
-
-# --------------------------------------------------------------------------- finite scalar quantization
-# Finite scalar quantization (FSQ; Mentzer, Minnen, Agustsson & Tschannen, 2024).
-#
-# Each of the D channels of ``z [..., D]`` is bounded and rounded to one of ``L_d`` levels, with a
-# straight-through gradient; the implied codebook is the grid of ``Π_d L_d`` points and needs no
-# learning, no codebook loss and no commitment loss. With ``h_d = (L_d - 1)(1 + ε)/2`` and an offset
-# ``o_d = 1/2`` for even ``L_d`` (else 0)::
-#
-#     bounded_d = tanh(z_d + atanh(o_d / h_d)) · h_d - o_d    # z_d = 0 -> 0; rounds to L_d levels
-#     ẑ_d       = (round(bounded_d) straight-through) / ⌊L_d / 2⌋       # levels in [-1, 1]
-#
-# Index of a code: the mixed-radix number of its level digits ``k_d = ẑ_d ⌊L_d/2⌋ + ⌊L_d/2⌋``,
-# ``index = Σ_d k_d Π_{d' < d} L_{d'}``.
-
-
-def _fsq_levels(levels: Sequence[int]) -> np.ndarray:
-    lv = np.asarray(levels)
-    if lv.ndim != 1 or lv.size == 0 or not np.issubdtype(lv.dtype, np.integer) or np.any(lv < 2):
-        raise ValueError(f"`levels` must be a non-empty sequence of ints >= 2; got {levels!r}.")
-    if math.prod(int(v) for v in lv) > 2**31 - 1:
-        raise ValueError(f"`levels` imply {math.prod(int(v) for v in lv)} codes; at most 2**31 - 1 fit int32 indices.")
-    return lv.astype(np.int64)
-
-
-def _fsq_check_last_axis(x: jax.Array, lv: np.ndarray, name: str) -> None:
-    if x.ndim < 1 or x.shape[-1] != lv.size:
-        raise ValueError(f"`{name}` must be [..., D] with D = len(levels) = {lv.size}; got shape {x.shape}.")
-
-
-def fsq_codebook_size(levels: Sequence[int]) -> int:
-    """``Π_d L_d``: the number of codes FSQ with these levels can output."""
-    return math.prod(int(v) for v in _fsq_levels(levels))
-
-
-def fsq(z: jax.Array, levels: Sequence[int], *, eps: float = 1e-3) -> Quantized:
-    r"""Finite scalar quantization of ``z [..., D]`` with ``levels`` (length D), straight-through.
-
-    Args:
-      z: ``[..., D]`` encoder outputs (any float dtype; computed in float32 at least).
-      levels: ``L_d ≥ 2`` per channel, e.g. ``(8, 5, 5, 5)`` for 1000 codes (the paper's table 1).
-      eps: widens the bound slightly (by less than half a level, so rounding still gives L_d
-        levels) so that ``o_d / h_d < 1`` even for ``L_d = 2``.
-
-    Returns:
-      :class:`vqjax.quantizers.Quantized`: ``z_q`` (levels in [-1, 1]; the gradient is that of the
-      bounding, passed straight through the rounding), ``codes`` (the same values, no gradient) and
-      int32 ``indices [...]`` in ``[0, Π L_d)``.
-    """
-    lv = _fsq_levels(levels)
-    z = jnp.asarray(z)
-    _fsq_check_last_axis(z, lv, "z")
-    floating = jnp.issubdtype(z.dtype, jnp.floating) and jnp.finfo(z.dtype).bits >= 32
-    dtype = z.dtype if floating else jnp.dtype(jnp.float32)  # bfloat16 and ints: float32
-    zf = z.astype(dtype)
-    half_l = jnp.asarray((lv - 1) * (1.0 + eps) / 2.0, dtype)
-    offset = jnp.asarray(np.where(lv % 2 == 0, 0.5, 0.0), dtype)
-    shift = jnp.arctanh(offset / half_l)
-    bounded = jnp.tanh(zf + shift) * half_l - offset
-    rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
-    half_width = jnp.asarray(lv // 2, dtype)
-    z_q = rounded / half_width
-    codes = jax.lax.stop_gradient(z_q)
-    return Quantized(z_q, codes, fsq_codes_to_indices(codes, levels))
-
-
-def fsq_codes_to_indices(codes: jax.Array, levels: Sequence[int]) -> jax.Array:
-    """``[..., D]`` FSQ codes (levels in [-1, 1]) -> int32 ``[...]`` indices in ``[0, Π L_d)``."""
-    lv = _fsq_levels(levels)
-    codes = jnp.asarray(codes)
-    _fsq_check_last_axis(codes, lv, "codes")
-    half_width = jnp.asarray(lv // 2, jnp.float32)
-    digits = jnp.round(codes.astype(jnp.float32) * half_width + half_width).astype(jnp.int32)
-    basis = jnp.asarray(np.concatenate([[1], np.cumprod(lv[:-1])]), jnp.int32)
-    return jnp.sum(digits * basis, axis=-1).astype(jnp.int32)
-
-
-def fsq_indices_to_codes(indices: jax.Array, levels: Sequence[int]) -> jax.Array:
-    """int ``[...]`` indices -> float32 ``[..., D]`` FSQ codes: the inverse of :func:`fsq_codes_to_indices`."""
-    lv = _fsq_levels(levels)
-    indices = jnp.asarray(indices)
-    if not jnp.issubdtype(indices.dtype, jnp.integer):
-        raise ValueError(f"`indices` must be integers; got dtype {indices.dtype}.")
-    basis = jnp.asarray(np.concatenate([[1], np.cumprod(lv[:-1])]), jnp.int32)
-    digits = (indices[..., None].astype(jnp.int32) // basis) % jnp.asarray(lv, jnp.int32)
-    half_width = jnp.asarray(lv // 2, jnp.float32)
-    return (digits.astype(jnp.float32) - half_width) / half_width
+    used = counts > 0
+    return CodeUsage(counts, perplexity(counts), jnp.mean(used.astype(jnp.float32)),
+                     num_codes - jnp.sum(used, dtype=jnp.int32))

@@ -1,0 +1,39 @@
+"""Pure quantizers for neural networks: arrays in, arrays out; jit, vmap and grad safe.
+
+- ``_vq``: nearest-code search, straight-through quantization (optionally cosine), usage statistics.
+- ``_ema``: the EMA codebook update and dead-code restarts on a plain-pytree :class:`EMAState`.
+- ``_fsq``: finite scalar quantization, uniform (FSQ) or with Lloyd-Max levels.
+- ``_residual``: residual VQ, several codebooks on successive residuals.
+"""
+
+from vqjax.quantizers._vq import (
+    CodeUsage,
+    Quantized,
+    code_usage,
+    l2_normalize,
+    lookup,
+    nearest_code,
+    perplexity,
+    quantize,
+    squared_distances,
+    straight_through,
+)
+from vqjax.quantizers._ema import EMAState, ema_init, ema_update, ema_usage, restart_dead_codes
+from vqjax.quantizers._fsq import (
+    fsq,
+    fsq_codebook_size,
+    fsq_codes_to_indices,
+    fsq_indices_to_codes,
+    lloyd_max_levels,
+    scalar_quantize,
+)
+from vqjax.quantizers._residual import ResidualQuantized, residual_lookup, residual_quantize
+
+__all__ = [
+    "squared_distances", "nearest_code", "lookup", "straight_through", "l2_normalize",
+    "Quantized", "quantize", "CodeUsage", "code_usage", "perplexity",
+    "EMAState", "ema_init", "ema_update", "ema_usage", "restart_dead_codes",
+    "fsq", "fsq_codes_to_indices", "fsq_indices_to_codes", "fsq_codebook_size",
+    "scalar_quantize", "lloyd_max_levels",
+    "ResidualQuantized", "residual_quantize", "residual_lookup",
+]

@@ -1,0 +1,75 @@
+"""Residual vector quantization: S quantizers, each on what the previous ones left.
+
+Juang & Gray (1982, multistage VQ); in neural codecs Zeghidour et al. (2021, SoundStream) and
+Lee et al. (2022, RQ-VAE). With codebooks ``e^(1) … e^(S)`` and ``r_1 = z``::
+
+    k_s = argmin_i ||r_s - e^(s)_i||²      r_{s+1} = r_s - sg[e^(s)_{k_s}]
+    z_q = z + sg[Σ_s e^(s)_{k_s} - z]      (straight-through for the sum)
+
+The residuals stop the gradient at the codes, so each stage's codebook loss
+``||sg[r_s] - e^(s)_k||²`` moves only that stage's codebook and each commitment loss
+``||r_s - sg[e^(s)_k]||²`` moves only the encoder (as in vector-quantize-pytorch's ``ResidualVQ``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from vqjax.quantizers._vq import lookup, nearest_code
+
+__all__ = ["ResidualQuantized", "residual_quantize", "residual_lookup"]
+
+
+class ResidualQuantized(NamedTuple):
+    """Output of :func:`residual_quantize` for ``z [..., D]`` and S stages."""
+
+    z_q: jax.Array  # [..., D] straight-through sum of the stages' codes
+    codes: jax.Array  # [S, ..., D] each stage's code e^(s)_{k_s}; differentiable in its codebook
+    indices: jax.Array  # [..., S] int32 code index of each stage
+    residuals: jax.Array  # [S, ..., D] r_s, the input of stage s (r_1 = z)
+
+
+def _check_codebooks(z: jax.Array, codebooks: jax.Array) -> None:
+    if codebooks.ndim != 3 or codebooks.shape[0] < 1 or codebooks.shape[1] < 1:
+        raise ValueError(f"`codebooks` must be [S, K, D] with S, K >= 1; got shape {codebooks.shape}.")
+    if z.ndim < 1 or z.shape[-1] != codebooks.shape[2]:
+        raise ValueError(
+            f"`z` must be [..., D] with D = codebooks.shape[2] = {codebooks.shape[2]}; got shape {z.shape}."
+        )
+
+
+def residual_quantize(
+    z: jax.Array, codebooks: jax.Array, *, block_size: int | None = None
+) -> ResidualQuantized:
+    r"""Quantize ``z [..., D]`` with ``codebooks [S, K, D]`` stage by stage (a ``lax.scan``).
+
+    Feed ``z_q`` to the decoder and, per stage s, ``(residuals[s], codes[s])`` to
+    :func:`vqjax.losses.codebook_loss` and :func:`vqjax.losses.commitment_loss`. Each stage
+    picks the nearest code to its residual, so ``||r_{s+1}|| ≤ ||r_s||`` whenever the
+    codebook holds a code no farther from ``r_s`` than the origin (e.g. a zero code).
+    """
+    z, codebooks = jnp.asarray(z), jnp.asarray(codebooks)
+    _check_codebooks(z, codebooks)
+
+    def stage(r, e):
+        k = nearest_code(r, e, block_size=block_size)
+        code = lookup(k, e).astype(z.dtype)
+        return r - jax.lax.stop_gradient(code), (code, k, r)
+
+    _, (codes, indices, residuals) = jax.lax.scan(stage, z, codebooks)
+    total = jnp.sum(codes, axis=0)
+    return ResidualQuantized(z + jax.lax.stop_gradient(total - z), codes, jnp.moveaxis(indices, 0, -1), residuals)
+
+
+def residual_lookup(indices: jax.Array, codebooks: jax.Array) -> jax.Array:
+    """``Σ_s e^(s)[indices[..., s]]``: decode stored ``[..., S]`` indices to ``[..., D]``."""
+    indices, codebooks = jnp.asarray(indices), jnp.asarray(codebooks)
+    if codebooks.ndim != 3:
+        raise ValueError(f"`codebooks` must be [S, K, D]; got shape {codebooks.shape}.")
+    if indices.ndim < 1 or indices.shape[-1] != codebooks.shape[0]:
+        raise ValueError(f"`indices` must be [..., S] with S = {codebooks.shape[0]}; got shape {indices.shape}.")
+    per_stage = jax.vmap(lookup, in_axes=(-1, 0), out_axes=0)(indices, codebooks)
+    return jnp.sum(per_stage, axis=0)
