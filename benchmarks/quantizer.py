@@ -4,6 +4,7 @@ and (nearest-code search only) faiss, each implementation × shape in its own su
     python benchmarks/quantizer.py                          # the four default shapes, median of 7
     python benchmarks/quantizer.py --shapes 65536x1024x64   # a subset (any N×K×D)
     python benchmarks/quantizer.py --quick                  # smoke run: one small shape, 3 repeats
+    python benchmarks/quantizer.py --parts variants         # only EMA VQ, restarts, FSQ, residual VQ
 
 Work timed per call, float32, z [N, D] ~ N(0, 1), codebook [K, D] ~ N(0, 1):
 
@@ -15,7 +16,12 @@ Work timed per call, float32, z [N, D] ~ N(0, 1), codebook [K, D] ~ N(0, 1):
 * search only: the nearest-code indices (vqjax ``nearest_code``, faiss ``IndexFlatL2`` with k=1).
 * reference: NumPy's (N×D)·(D×K) float32 matrix product, the machine's own rate at that shape.
 
-Results: a markdown table on stdout and ``benchmarks/results/quantizer.json``.
+Codebook variants (``--parts variants``, workers in ``_variants.py``): a training step of the quantizer
+alone (forward, backward, codebook update) for EMA VQ, EMA VQ with dead-code restarts, FSQ and residual VQ,
+vqjax against vector-quantize-pytorch's ``VectorQuantize``, ``FSQ`` and ``ResidualVQ`` with matching
+settings; see that module's docstring.
+
+Results: markdown tables on stdout and ``benchmarks/results/quantizer.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import os
 import sys
 
 import _common
+import _variants
 import numpy as np
 
 SHAPES = ((16384, 512, 64), (65536, 1024, 64), (262144, 1024, 64), (65536, 8192, 64))
@@ -179,6 +186,52 @@ def run_timing_worker(impl: str, shape, repeats: int) -> dict:
     return result
 
 
+def run_variant_worker(impl: str, case: str, shape, repeats: int) -> dict:
+    call = getattr(_variants, f"setup_{impl}")(case, *_variants.inputs(*shape))
+    times, peak = _common.time_calls(call, repeats=repeats, warmup=WARMUP)
+    result = {"times_s": times, "median_s": _common.median(times), "peak_gib": peak}
+    if case == "fsq" and impl == "vqjax":
+        result["check"] = _variants.check_fsq(_variants.inputs(*shape)[0])
+    return result
+
+
+VARIANT_IMPLS = {"vqjax": "vqjax", "vqtorch": "vector-quantize-pytorch"}
+
+
+def measure_variants(cases, repeats: int, quick: bool) -> list[dict]:
+    script, rows = os.path.abspath(__file__), []
+    for case in cases:
+        label, shape = _variants.CASES[case]
+        shape = _variants.QUICK[case] if quick else shape
+        by_impl = {}
+        for impl in VARIANT_IMPLS:
+            print(f"  {case} {shape_str(shape)}  {impl} ...", file=sys.stderr, flush=True)
+            res = _common.run_worker(script, f"variant:{impl}:{case}",
+                                     ["--shape", shape_str(shape).replace("×", "x"), "--repeats", str(repeats)])
+            row = {"case": case, "label": label, "impl": impl, "shape": list(shape), **res}
+            if "median_s" in res:
+                row["vectors_per_s"] = shape[0] / res["median_s"]
+            by_impl[impl] = row
+            rows.append(row)
+        mine, peer = by_impl["vqjax"], by_impl["vqtorch"]
+        if "median_s" in mine and "median_s" in peer:
+            peer["vqjax_speedup"] = peer["median_s"] / mine["median_s"]
+    return rows
+
+
+def variants_table(rows: list[dict]) -> str:
+    header = ["Quantizer", "Implementation", "N×K×D", "Median s", "Vectors/s", "Peak mem GiB", "vqjax speedup"]
+    body = []
+    for r in rows:
+        cells = [r["label"], VARIANT_IMPLS[r["impl"]], shape_str(r["shape"])]
+        if "error" in r:
+            body.append(cells + ["failed: " + r["error"][:80], "", "", ""])
+            continue
+        speedup = f"{r['vqjax_speedup']:.2f}×" if "vqjax_speedup" in r else "—"
+        body.append(cells + [f"{r['median_s']:.4f}", f"{r['vectors_per_s']:.3g}", f"{r['peak_gib']:.2f}", speedup])
+    return _common.markdown_table(header, body)
+
+
 def run_check_worker(shape) -> dict:
     """vqjax against haiku on the same inputs: indices, loss and gradients; faiss's indices too."""
     import faiss
@@ -303,6 +356,10 @@ def main(argv=None) -> None:
                    default=[i for i in IMPLS if i != "matmul"], help="implementations (matmul always runs)")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per implementation × shape (median)")
     p.add_argument("--quick", action="store_true", help="smoke run: one small shape, 3 repeats")
+    p.add_argument("--parts", nargs="+", choices=("base", "variants"), default=["base", "variants"],
+                   help="base: the paper's quantizer vs haiku/VQP/faiss; variants: EMA, restarts, FSQ, residual")
+    p.add_argument("--cases", nargs="+", choices=list(_variants.CASES), default=list(_variants.CASES),
+                   help="codebook variants to run (with --parts variants)")
     p.add_argument("--out", help="JSON path (default benchmarks/results/quantizer[-quick].json)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--shape", type=parse_shape, help=argparse.SUPPRESS)
@@ -310,6 +367,9 @@ def main(argv=None) -> None:
 
     if args.worker == "check":
         return _common.emit(run_check_worker(args.shape))
+    if args.worker and args.worker.startswith("variant:"):
+        _, impl, case = args.worker.split(":")
+        return _common.emit(run_variant_worker(impl, case, args.shape, args.repeats))
     if args.worker:
         return _common.emit(run_timing_worker(args.worker, args.shape, args.repeats))
 
@@ -318,22 +378,43 @@ def main(argv=None) -> None:
     env = _common.environment()
     print(_common.describe_environment(env), file=sys.stderr)
     _common.warn_if_busy(env)
-    rows, checks = [], {}
-    for shape in shapes:
-        shape_rows, checks[shape_str(shape)] = measure_shape(shape, args.impls, repeats)
-        rows += shape_rows
-    blas = next((r["blas"] for r in rows if "blas" in r), "NumPy BLAS")
-
-    print(f"\n## Vector quantizer, float32, median of {repeats} calls\n")
-    print(_common.describe_environment(env) + "\n")
-    print(table(rows) + "\n")
-    print("\n".join("- " + n for n in notes(blas)))
-    print("\nCorrectness (once per shape, same inputs):")
-    print("\n".join(check_line(tuple(map(int, s.split("×"))), c) for s, c in checks.items()))
+    rows, checks, variant_rows, blas = [], {}, [], "NumPy BLAS"
+    if "base" in args.parts:
+        for shape in shapes:
+            shape_rows, checks[shape_str(shape)] = measure_shape(shape, args.impls, repeats)
+            rows += shape_rows
+        blas = next((r["blas"] for r in rows if "blas" in r), blas)
+        print(f"\n## Vector quantizer, float32, median of {repeats} calls\n")
+        print(_common.describe_environment(env) + "\n")
+        print(table(rows) + "\n")
+        print("\n".join("- " + n for n in notes(blas)))
+        print("\nCorrectness (once per shape, same inputs):")
+        print("\n".join(check_line(tuple(map(int, s.split("×"))), c) for s, c in checks.items()))
+    if "variants" in args.parts:
+        variant_rows = measure_variants(args.cases, repeats, args.quick)
+        print(f"\n## Codebook variants: one quantizer training step, float32, median of {repeats} calls\n")
+        print(_common.describe_environment(env) + "\n")
+        print(variants_table(variant_rows) + "\n")
+        print("- " + "\n- ".join(VARIANT_NOTES))
+        fsq_check = next((r["check"] for r in variant_rows if "check" in r), None)
+        if fsq_check:
+            print(f"- FSQ check: vqjax and vector-quantize-pytorch give codes differing by at most "
+                  f"{fsq_check['fsq_codes_max_abs_diff']:.2g} and indices differing for "
+                  f"{fsq_check['fsq_indices_differing']} of {fsq_check['n']} vectors.")
 
     out = args.out or os.path.join(_common.RESULTS_DIR, "quantizer-quick.json" if args.quick else "quantizer.json")
     _common.write_json(out, {"environment": env, "repeats": repeats, "warmup": WARMUP, "beta": BETA,
-                             "matmul_blas": blas, "notes": notes(blas), "rows": rows, "checks": checks})
+                             "matmul_blas": blas, "notes": notes(blas), "rows": rows, "checks": checks,
+                             "variant_notes": VARIANT_NOTES, "variant_rows": variant_rows})
+
+
+VARIANT_NOTES = [
+    "One call = forward + backward (gradient w.r.t. z) + codebook update of the quantizer alone; see "
+    "benchmarks/_variants.py for the exact work of each side.",
+    "vector-quantize-pytorch: decay 0.99, commitment_weight 0.25, rotation_trick=False (straight-through, as "
+    f"vqjax), threshold_ema_dead_code=1 for the restart row; torch.set_num_threads({TORCH_THREADS}).",
+    "vqjax speedup = peer's median time / vqjax's. Above 1×: vqjax is faster.",
+]
 
 
 if __name__ == "__main__":

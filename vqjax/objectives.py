@@ -72,7 +72,7 @@ def vqvae_objective(
 
     Returns:
       ``(loss, metrics)``: the weighted mean loss and a dict of scalars (``loss``,
-      ``reconstruction`` in nats per image, ``codebook``, ``commitment``, ``mse`` per pixel,
+      ``reconstruction`` in nats per image, ``codebook``, ``commitment`` (with β), ``mse`` per pixel,
       ``perplexity``, ``used_fraction``, ``dead_codes`` (codes unused by this batch),
       ``restarted``), plus ``sum/*`` totals, ``weight`` and ``counts`` (``[K]``, or ``[S, K]``
       per stage of residual VQ).
@@ -82,9 +82,10 @@ def vqvae_objective(
     reconstruction = -_log_likelihood(out.logits, x, likelihood, variance)
     w, total_w = _weights(x.shape[0], weights)
     mse = jnp.mean(jnp.square(reconstruction_mean(out.logits, likelihood) - x), axis=(1, 2, 3))
-    loss = reconstruction + out.codebook_loss + beta * out.commitment_loss
+    commitment = beta * out.commitment_loss
+    loss = reconstruction + out.codebook_loss + commitment
     metrics = _report({"loss": loss, "reconstruction": reconstruction, "codebook": out.codebook_loss,
-                       "commitment": out.commitment_loss, "mse": mse}, w, total_w)
+                       "commitment": commitment, "mse": mse}, w, total_w)
     num_codes = model.num_codes
     mask = (w > 0).reshape((-1,) + (1,) * (out.indices.ndim - 1))
     idx = jnp.where(mask, out.indices, num_codes)  # padded rows: out of range, not counted

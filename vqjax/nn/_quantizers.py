@@ -94,7 +94,7 @@ class VectorQuantizer(nnx.Module):
         q = quantizers.quantize(z, self.codebook[...], cosine=self.cosine)
         z_in = quantizers.l2_normalize(z) if self.cosine else z
         return QuantizerOutput(q.z_q, q.indices, losses.codebook_loss(z_in, q.codes),
-                               losses.commitment_loss(z_in, q.codes), jnp.zeros((), jnp.int32))
+                               losses.commitment_loss(z_in, q.codes, beta=1.0), jnp.zeros((), jnp.int32))
 
     def encode(self, z: jax.Array) -> jax.Array:
         return quantizers.nearest_code(quantizers.l2_normalize(z) if self.cosine else z, self._codes())
@@ -181,7 +181,7 @@ class EMAVectorQuantizer(nnx.Module):
             state, restarted = _ema_step(state, z_in, q.indices, key, decay=self.decay, eps=self.eps,
                                          threshold=self.dead_code_threshold, cosine=self.cosine)
             self.ema.set(state)
-        return QuantizerOutput(q.z_q, q.indices, _zero_loss(z), losses.commitment_loss(z_in, q.codes), restarted)
+        return QuantizerOutput(q.z_q, q.indices, _zero_loss(z), losses.commitment_loss(z_in, q.codes, beta=1.0), restarted)
 
     def encode(self, z: jax.Array) -> jax.Array:
         return quantizers.nearest_code(quantizers.l2_normalize(z) if self.cosine else z, self.ema.codebook[...])
@@ -278,7 +278,7 @@ class ResidualVectorQuantizer(nnx.Module):
 
     def __call__(self, z: jax.Array, *, key: jax.Array | None = None) -> QuantizerOutput:
         r = quantizers.residual_quantize(z, self._codebooks())
-        stage_losses = jax.vmap(lambda res, code: (losses.codebook_loss(res, code), losses.commitment_loss(res, code)))
+        stage_losses = jax.vmap(lambda res, code: (losses.codebook_loss(res, code), losses.commitment_loss(res, code, beta=1.0)))
         codebook, commitment = (jnp.sum(t, axis=0) for t in stage_losses(r.residuals, r.codes))
         restarted = jnp.zeros((), jnp.int32)
         if self.ema_codebooks:

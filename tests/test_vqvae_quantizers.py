@@ -1,0 +1,144 @@
+"""The VQ-VAE with each quantizer: train steps on 8 devices equal 1 (EMA statistics included), the
+objective's terms per quantizer, and the experiment's usage logs and pictures."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from experiments import vqvae_mnist
+from vqjax import data, objectives, training
+
+TINY = {"num_codes": 16, "code_dim": 4, "hidden": 8, "residual_hidden": 4, "num_residual": 1}
+KINDS = {
+    "vq": {"quantizer": "vq"},
+    "vq_cosine": {"quantizer": "vq", "cosine": True},
+    "ema": {"quantizer": "ema"},
+    "ema_restart": {"quantizer": "ema", "dead_code_threshold": 4.0},
+    "fsq": {"quantizer": "fsq", "fsq_levels": (4, 3, 3)},
+    "fsq_lloyd_max": {"quantizer": "fsq", "fsq_levels": (3, 3, 3), "lloyd_max": True},
+    "residual": {"quantizer": "residual", "num_stages": 3},
+    "residual_ema": {"quantizer": "residual", "num_stages": 3, "residual_ema": True, "dead_code_threshold": 4.0},
+}
+
+
+def _config(idx_dir, kind, **train):
+    c = vqvae_mnist.get_config()
+    c.model.update(TINY, **KINDS[kind])
+    c.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
+    c.train.update({"steps": 6, "log_every": 2, "checkpoint_every": 3, "eval_every": 2}, **train)
+    return c
+
+
+def _run_steps(mesh, config, batches):
+    model_fn, objective, *_ = vqvae_mnist.build(config)
+    tx = optax.adam(1e-3)
+    graphdef, state = training.init_train_state(model_fn(nnx.Rngs(0)), tx, seed=0)
+    first = jax.device_get(state)
+    step = training.make_train_step(graphdef, tx, objective)
+    metrics = []
+    with jax.set_mesh(mesh):
+        state = training.replicate(state, mesh)
+        for b in batches:
+            state, m = step(state, training.shard_batch(b, mesh))
+            metrics.append({k: float(v) for k, v in m.items() if jnp.ndim(v) == 0})
+    return first, jax.device_get(state), metrics
+
+
+@pytest.mark.parametrize("kind", ["ema_restart", "residual_ema", "fsq", "vq_cosine"])
+def test_eight_devices_equal_one_including_codebook_statistics(idx_dir, kind):
+    config = _config(idx_dir, kind)
+    it = data.make_pipeline(data.idx_source(idx_dir, "train"), batch_size=16, seed=0)
+    batches = [next(it) for _ in range(4)]
+    first, s8, m8 = _run_steps(training.make_mesh(), config, batches)
+    _, s1, m1 = _run_steps(training.make_mesh(jax.devices()[:1]), config, batches)
+    for key in ("loss", "perplexity", "dead_codes", "restarted"):
+        np.testing.assert_allclose([m[key] for m in m8], [m[key] for m in m1], rtol=1e-5, atol=1e-6, err_msg=key)
+    for a, b in zip(jax.tree.leaves((s8.params, s8.rest)), jax.tree.leaves((s1.params, s1.rest))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    if "ema" in kind:  # the train step carries the EMA statistics it updated in place
+        ema = s1.rest["quantizer"]["ema"]
+        assert float(np.max(ema["weight"][...])) == pytest.approx(1 - 0.99**4, rel=1e-5)
+        assert not np.allclose(ema["codebook"][...], first.rest["quantizer"]["ema"]["codebook"][...])
+        assert sum(m["restarted"] for m in m1) > 0  # threshold 4 of ~3 vectors per code: restarts happen
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_objective_terms_follow_the_quantizer(idx_dir, kind):
+    config = _config(idx_dir, kind)
+    model_fn, *_ = vqvae_mnist.build(config)
+    model = model_fn(nnx.Rngs(0))
+    model.eval()
+    x = jnp.asarray(np.stack([data.idx_source(idx_dir, "train")[i]["image"] for i in range(4)]) / np.float32(255))
+    loss, m = objectives.vqvae_objective(model, {"image": x}, beta=0.5)
+    np.testing.assert_allclose(loss, m["reconstruction"] + m["codebook"] + m["commitment"], rtol=1e-5)
+    if kind.startswith("fsq"):
+        assert float(m["codebook"]) == 0.0 and float(m["commitment"]) == 0.0
+    elif "ema" in kind:
+        assert float(m["codebook"]) == 0.0 and float(m["commitment"]) > 0.0
+    else:  # ||sg[z] - e||² and β||z - sg[e]||² are the same number in the forward pass
+        np.testing.assert_allclose(m["commitment"], 0.5 * m["codebook"], rtol=1e-5)
+    stages = config.model.num_stages if kind.startswith("residual") else 1
+    assert m["counts"].shape == ((stages, model.num_codes) if stages > 1 else (model.num_codes,))
+    np.testing.assert_allclose(np.sum(m["counts"]), 4 * 7 * 7 * stages)
+    out = model(x)
+    np.testing.assert_allclose(model.decode(model.encode(x)), out.logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["ema_restart", "residual"])
+def test_experiment_logs_usage_every_eval_and_draws_the_pictures(idx_dir, tmp_path, kind):
+    config = _config(idx_dir, kind)
+    model_fn, objective, reconstruct, init_fn = vqvae_mnist.build(config)
+    summary = training.train_and_evaluate(config, str(tmp_path), model_fn=model_fn, objective=objective,
+                                          reconstruct=reconstruct, init_fn=init_fn,
+                                          after_training=vqvae_mnist.draw_codebook, log=lambda s: None)
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals + [rows[-1]]:
+        assert {"perplexity", "used_fraction", "dead_codes", "mse"} <= set(r)
+    assert all("restarted" in r and "dead_codes" in r for r in rows if r["split"] == "train")
+    test = summary["test"]
+    stages = config.model.num_stages if kind == "residual" else 1
+    assert 0 <= test["dead_codes"] <= stages * config.model.num_codes
+    np.testing.assert_allclose(test["used_fraction"], 1 - test["dead_codes"] / (stages * config.model.num_codes))
+    for name in ("perplexity.png", "codebook_usage.png", "codebook_projection.png", "reconstructions.png"):
+        assert os.path.getsize(tmp_path / name) > 1000, name
+
+
+def test_bad_quantizer_choices_are_clear_errors(idx_dir):
+    config = _config(idx_dir, "vq")
+    config.model.quantizer = "gumbel"
+    with pytest.raises(ValueError, match="quantizer"):
+        vqvae_mnist.build(config)
+    config = _config(idx_dir, "fsq")
+    config.model.codebook_init = "lloyd"
+    with pytest.raises(ValueError, match="codebook_init"):
+        vqvae_mnist.build(config)
+    config = _config(idx_dir, "fsq")
+    config.model.update(fsq_levels=(4, 3), lloyd_max=True)
+    model_fn, *_ = vqvae_mnist.build(config)
+    with pytest.raises(ValueError, match="levels"):
+        model_fn(nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("kind", ["ema", "residual"])
+def test_lloyd_init_fits_every_codebook(idx_dir, kind):
+    config = _config(idx_dir, kind)
+    config.model.codebook_init = "lloyd"
+    model_fn, _, _, init_fn = vqvae_mnist.build(config)
+    model = model_fn(nnx.Rngs(0))
+    x = jnp.asarray(np.stack([data.idx_source(idx_dir, "train")[i]["image"] for i in range(32)]) / np.float32(255))
+    model.eval()
+    before = float(jnp.mean(jnp.sum(jnp.square(model(x).z_e - model(x).z_q), -1)))
+    init_fn(model, {"image": x}, jax.random.key(0))
+    out = model(x)
+    after = float(jnp.mean(jnp.sum(jnp.square(out.z_e - out.z_q), -1)))
+    assert after < 0.5 * before
+    if kind == "ema":  # fresh statistics with the fitted codes
+        assert float(model.quantizer.ema.weight[...]) == 0.0
