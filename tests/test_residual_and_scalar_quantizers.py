@@ -17,7 +17,7 @@ from vqjax.nn import (
     make_quantizer,
 )
 
-strict = pytest.mark.usefixtures("strict_promotion")
+pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 
 def _normal(shape, seed, scale=1.0):
@@ -47,7 +47,6 @@ def _np_residual(z, books):
             np.stack(residuals).reshape(len(books), *lead, -1))
 
 
-@strict
 def test_residual_quantize_matches_a_numpy_loop():
     z = _normal((2, 15, 4), seed=0)
     books = _normal((3, 6, 4), seed=1) * np.array([1.0, 0.5, 0.25], np.float32)[:, None, None]
@@ -61,7 +60,6 @@ def test_residual_quantize_matches_a_numpy_loop():
     np.testing.assert_allclose(r.z_q, codes.sum(0), rtol=1e-5, atol=1e-5)  # forward: the sum of the codes
 
 
-@strict
 def test_residual_lookup_decodes_the_indices_to_z_q():
     z = _normal((40, 5), seed=2)
     books = _normal((4, 7, 5), seed=3)
@@ -70,7 +68,6 @@ def test_residual_lookup_decodes_the_indices_to_z_q():
     np.testing.assert_allclose(jnp.sum(r.codes, 0), r.z_q, rtol=1e-6, atol=1e-6)
 
 
-@strict
 def test_residual_straight_through_gradient():
     z = _normal((25, 4), seed=4)
     books = _normal((3, 5, 4), seed=5)
@@ -80,7 +77,6 @@ def test_residual_straight_through_gradient():
     np.testing.assert_array_equal(gb, 0.0)  # the decoder term does not move the codebooks
 
 
-@strict
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_per_stage_codebook_loss_moves_only_its_codebook(stage):
     z = _normal((30, 4), seed=7)
@@ -101,7 +97,6 @@ def test_per_stage_codebook_loss_moves_only_its_codebook(stage):
     assert np.abs(np.asarray(gb)[stage]).sum() > 0
 
 
-@strict
 def test_per_stage_commitment_loss_moves_only_the_encoder():
     z = _normal((30, 4), seed=9)
     books = _normal((3, 6, 4), seed=10)
@@ -145,7 +140,6 @@ def _np_scalar(z, table):
     return codes, index, u, b
 
 
-@strict
 @pytest.mark.parametrize("num_levels", [2, 5, 8])
 def test_scalar_quantize_matches_numpy(num_levels):
     levels = _lloyd_levels(num_levels)
@@ -160,7 +154,6 @@ def test_scalar_quantize_matches_numpy(num_levels):
     assert q.indices.dtype == jnp.int32 and set(np.unique(q.codes)) <= set(levels)
 
 
-@strict
 def test_scalar_quantize_ties_go_to_the_lower_level():
     levels = np.array([-0.6, -0.2, 0.2, 0.6], np.float32)  # the middle threshold is exactly 0
     q = quantizers.scalar_quantize(jnp.zeros((1, 2)), levels)
@@ -170,7 +163,6 @@ def test_scalar_quantize_ties_go_to_the_lower_level():
     np.testing.assert_array_equal(q2.codes, np.float32(-0.5))
 
 
-@strict
 def test_scalar_quantize_gradient_is_that_of_tanh():
     z = _normal((20, 3), seed=12, scale=2.0)
     w = _normal((20, 3), seed=13)
@@ -192,7 +184,6 @@ def test_scalar_indices_round_trip_through_the_module_decode(num_levels, dim):
     assert len({tuple(v) for v in np.asarray(every)}) == num_levels**dim
 
 
-@strict
 def test_scalar_quantize_with_a_per_channel_level_table():
     table = np.stack([np.linspace(-0.9, 0.9, 4), [-0.8, -0.1, 0.3, 0.95], _lloyd_levels(8)[::2]]).astype(np.float32)
     z = _normal((50, 3), seed=15, scale=1.5)
@@ -247,7 +238,6 @@ def test_lloyd_max_levels_beat_the_uniform_fsq_levels(num_levels):
 # --------------------------------------------------------------------------- cosine VQ
 
 
-@strict
 def test_cosine_quantize_picks_the_largest_cosine_similarity():
     z = _normal((60, 4), seed=16)
     e = _normal((9, 4), seed=17) * np.random.default_rng(18).uniform(0.1, 5.0, size=(9, 1)).astype(np.float32)
@@ -262,7 +252,6 @@ def test_cosine_quantize_picks_the_largest_cosine_similarity():
     np.testing.assert_allclose(np.linalg.norm(np.asarray(q.codes, np.float64), axis=1), 1.0, rtol=1e-5)
 
 
-@strict
 def test_l2_normalize_of_zero_is_zero_without_nan():
     x = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 4.0]], np.float32)
     y = quantizers.l2_normalize(x)
@@ -276,7 +265,6 @@ def test_l2_normalize_of_zero_is_zero_without_nan():
     np.testing.assert_array_equal(q.z_q[0], 0.0)
 
 
-@strict
 def test_l2_normalize_and_cosine_quantize_of_bfloat16_under_strict_promotion():
     x = jnp.asarray([[0.0, 0.0, 0.0], [3.0, 0.0, 4.0]], jnp.bfloat16)
     y = quantizers.l2_normalize(x)

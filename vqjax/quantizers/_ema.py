@@ -155,8 +155,8 @@ def restart_dead_codes(
     Each dead code gets a different row of the batch (drawn without replacement when the batch
     has at least K rows), chosen by ``key`` from the whole batch, so every device makes the same
     choice: pass the same key on every device, and inside ``shard_map`` the mesh ``axis_name``
-    (the rows are ``all_gather``-ed first). A re-seeded code ``e_i = z_r`` gets the statistics
-    ``N̂_i = threshold``, ``m̂_i = threshold · z_r``; live codes and their statistics are untouched.
+    (the rows are gathered first, and the result is replicated). A re-seeded code ``e_i = z_r`` gets the statistics
+    ``N̂_i = threshold`` (up to rounding; it is not dead again), ``m̂_i = threshold · z_r``; live codes and their statistics are untouched.
     Before the first :func:`ema_update` (``t = 0``) no code counts as dead.
 
     Args:
@@ -177,8 +177,11 @@ def restart_dead_codes(
     if not threshold > 0:
         raise ValueError(f"`threshold` must be > 0; got {threshold!r}.")
     rows = jax.lax.stop_gradient(z).reshape(-1, d).astype(jnp.float32)
-    if axis_name is not None:
-        rows = jax.lax.all_gather(rows, axis_name, tiled=True)
+    if axis_name is not None:  # gather the global batch, replicated (an all_gather result counts as varying)
+        local = rows.shape[0]
+        offset = jax.lax.axis_index(axis_name) * local
+        buffer = jnp.zeros((jax.lax.axis_size(axis_name) * local, d), rows.dtype)
+        rows = jax.lax.psum(jax.lax.dynamic_update_slice(buffer, rows, (offset, 0)), axis_name)
     n = rows.shape[0]
     if n == 0:
         return state, jnp.zeros((k,), bool)
@@ -186,8 +189,8 @@ def restart_dead_codes(
     seeds = rows[pick]
     if cosine:
         seeds = l2_normalize(seeds)
-    dead = (state.weight > 0) & (ema_usage(state) < threshold)
     size = threshold * state.weight  # N_i such that N̂_i = threshold
+    dead = (state.weight > 0) & (state.cluster_size < size)  # N̂_i < threshold, exactly as it is reset
     new = EMAState(
         jnp.where(dead[:, None], seeds, state.codebook),
         jnp.where(dead, size, state.cluster_size),

@@ -181,8 +181,10 @@ def straight_through(z_e: jax.Array, z_q: jax.Array) -> jax.Array:
 def l2_normalize(x: jax.Array, *, eps: float = 1e-12) -> jax.Array:
     r"""``x / max(||x||₂, eps)`` along the last axis (a zero vector stays zero, with no NaN)."""
     x = jnp.asarray(x)
-    norm_sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
-    return (x * jax.lax.rsqrt(jnp.maximum(norm_sq, eps * eps))).astype(x.dtype)
+    wide = jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits >= 32
+    xf = x.astype(x.dtype if wide else jnp.float32)  # bfloat16 (and ints): computed in float32
+    norm_sq = jnp.sum(jnp.square(xf), axis=-1, keepdims=True)
+    return (xf * jax.lax.rsqrt(jnp.maximum(norm_sq, eps * eps))).astype(x.dtype)
 
 
 class Quantized(NamedTuple):
