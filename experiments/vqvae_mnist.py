@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from vqjax import objectives
-from vqjax.nn import QUANTIZERS, VQVAE, make_quantizer
+from vqjax.nn import QUANTIZERS, VQVAE, FiniteScalarQuantizer, make_quantizer
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -111,6 +111,8 @@ def draw_codebook(model, test_src, workdir: str, *, num_images: int = 500) -> di
     q = model.quantizer
     z = np.asarray(z_e).reshape(-1, q.code_dim)
     if q.num_stages == 1:  # codes coloured by their use on these images; FSQ: its grid
+        if isinstance(q, FiniteScalarQuantizer):
+            z = np.asarray(q(z_e).z_q).reshape(-1, q.code_dim)  # FSQ's outputs live on its grid
         idx = np.asarray(q.encode(z_e)).reshape(-1)
         counts = np.bincount(idx, minlength=q.num_codes)
         title = f"{q.num_codes} codes, {np.mean(counts > 0):.0%} used by {len(x)} test images"

@@ -44,7 +44,7 @@ def _check_codebooks(z: jax.Array, codebooks: jax.Array) -> None:
 def residual_quantize(
     z: jax.Array, codebooks: jax.Array, *, block_size: int | None = None
 ) -> ResidualQuantized:
-    r"""Quantize ``z [..., D]`` with ``codebooks [S, K, D]`` stage by stage (a ``lax.scan``).
+    r"""Quantize ``z [..., D]`` with ``codebooks [S, K, D]`` stage by stage.
 
     Feed ``z_q`` to the decoder and, per stage s, ``(residuals[s], codes[s])`` to
     :func:`vqjax.losses.codebook_loss` and :func:`vqjax.losses.commitment_loss`. Each stage
@@ -54,14 +54,18 @@ def residual_quantize(
     z, codebooks = jnp.asarray(z), jnp.asarray(codebooks)
     _check_codebooks(z, codebooks)
 
-    def stage(r, e):
+    # Stages unrolled (S is small and static) rather than a lax.scan: a scan's backward pass puts each
+    # stage's codebook-gradient all-reduce inside a while loop, which deadlocked XLA:CPU with one
+    # device per core (the loop body blocks a shared pool thread the other device needs).
+    r, codes, indices, residuals = z, [], [], []
+    for e in codebooks:
         k = nearest_code(r, e, block_size=block_size)
         code = lookup(k, e).astype(z.dtype)
-        return r - jax.lax.stop_gradient(code), (code, k, r)
-
-    _, (codes, indices, residuals) = jax.lax.scan(stage, z, codebooks)
+        codes.append(code), indices.append(k), residuals.append(r)
+        r = r - jax.lax.stop_gradient(code)
+    codes, residuals = jnp.stack(codes), jnp.stack(residuals)
     total = jnp.sum(codes, axis=0)
-    return ResidualQuantized(z + jax.lax.stop_gradient(total - z), codes, jnp.moveaxis(indices, 0, -1), residuals)
+    return ResidualQuantized(z + jax.lax.stop_gradient(total - z), codes, jnp.stack(indices, axis=-1), residuals)
 
 
 def residual_lookup(indices: jax.Array, codebooks: jax.Array) -> jax.Array:
