@@ -1,6 +1,7 @@
 """Train a VQ-VAE (van den Oord et al., 2017) on MNIST.
 
     python -m experiments.vqvae_mnist                                  # default: ~5 min on 2 CPU cores
+    python -m experiments.vqvae_mnist --config.cpu_devices_per_core=True   # ~1.8x faster on CPU, see README
     python -m experiments.vqvae_mnist --config.train.steps=20000 --workdir=runs/long
     python -m experiments.vqvae_mnist --config.data.idx_dir=/path/to/mnist   # the four IDX files
     python -m experiments.vqvae_mnist --config.model.quantizer=ema --config.model.dead_code_threshold=1
@@ -36,8 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
     """The paper's VQ-VAE (K=512, D=64, β=0.25, Adam) scaled to 28×28 digits."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    # On a CPU host, one XLA device per core and data parallelism over them (~1.8x faster on 2 cores).
-    c.cpu_devices_per_core = True
+    # On a CPU host, True exposes one XLA device per core and trains data-parallel over them (~1.8x
+    # faster on 2 cores), but XLA:CPU can deadlock in the gradient all-reduce (seen with FSQ and residual
+    # VQ under load; see vqjax.training.use_cpu_cores_as_devices), so it is opt-in.
+    c.cpu_devices_per_core = False
     c.data = ml_collections.ConfigDict({
         "dataset": "mnist",
         "idx_dir": "",  # a folder with the four MNIST IDX files; empty: TFDS, else the embedded digits
@@ -99,6 +102,12 @@ def build(config: ml_collections.ConfigDict):
         model.quantizer.initialize(model.encoder(jnp.asarray(batch["image"])), key)
 
     return model_fn, objective, reconstruct, (init_codebook if m.codebook_init == "lloyd" else None)
+
+
+def codes_per_stage(config: ml_collections.ConfigDict) -> int:
+    """K of the configured quantizer (FSQ: its implied codebook size ``Π L_d``)."""
+    m = config.model
+    return int(np.prod(m.fsq_levels)) if m.quantizer == "fsq" else int(m.num_codes)
 
 
 def draw_codebook(model, test_src, workdir: str, *, num_images: int = 500) -> dict:

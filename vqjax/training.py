@@ -76,10 +76,11 @@ def use_cpu_cores_as_devices(batch_sizes: tuple[int, ...], *, max_devices: int |
     every batch size. Only the CPU backend is affected (GPU/TPU runs are unchanged), and it must
     be called before JAX's first computation; afterwards it does nothing and returns 0.
 
-    Not for large matrix multiplies: XLA:CPU still runs those on its shared Eigen pool, and we
-    have seen an MLP VAE step deadlock in the gradient all-reduce (one device's continuation
-    blocked on a pool thread the other device needed; XLA aborts after 40 s). The VQ-VAE's small
-    convolutions are unaffected; the MLP experiments keep this off.
+    Use with care: XLA:CPU still runs some kernels (matrix multiplies) on its shared Eigen pool and
+    runs a collective's continuation on a pool thread, so one device can block the thread the other
+    needs and the gradient all-reduce deadlocks (XLA aborts after 40 s). We have seen it with an MLP
+    VAE, and with the VQ-VAE using FSQ or residual VQ on a loaded machine; so every experiment keeps
+    this off by default. A run that aborts this way resumes from its last checkpoint.
 
     Returns:
       The number of CPU devices configured, or 0 if JAX had already started.

@@ -124,6 +124,7 @@ def save_history(
     ylabel: str = "",
     title: str = "",
     hline: float | None = None,
+    logy: bool = False,
 ) -> None:
     """Curves ``label -> (steps, values)`` on one axis, e.g. perplexity over training; ``hline`` marks a bound."""
     import matplotlib
@@ -136,6 +137,8 @@ def save_history(
         ax.plot(np.asarray(x), np.asarray(y), "o-" if len(x) < 30 else "-", ms=3, label=label)
     if hline is not None:
         ax.axhline(hline, color="0.5", ls="--", lw=1)
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)

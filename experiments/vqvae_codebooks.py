@@ -1,0 +1,113 @@
+"""Codebooks that stay alive: the VQ-VAE of :mod:`experiments.vqvae_mnist` with each quantizer, side by side.
+
+    python -m experiments.vqvae_codebooks --config.base.data.idx_dir=/path/to/mnist
+    python -m experiments.vqvae_codebooks --config.variants='("vq", "ema_restart")' --config.base.train.steps=500
+
+Every variant trains the same network for the same steps in ``workdir/<variant>`` (resumable; a finished
+run only re-evaluates) and reports test MSE, perplexity, the share of codes used and the dead codes over
+all 49 latents of every test image. Writes ``comparison.json``, ``comparison.md`` and
+``perplexity_comparison.png`` (test-set perplexity over training, one curve per variant).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import _program, vqvae_mnist
+
+# name -> (description, config.model overrides)
+VARIANTS = {
+    "vq": ("plain VQ (codebook loss), K = 512", {}),
+    "ema": ("EMA VQ, K = 512", {"quantizer": "ema"}),
+    "ema_restart": ("EMA VQ + dead-code restarts (< 1 vector/batch)", {"quantizer": "ema", "dead_code_threshold": 1.0}),
+    "ema_restart_kmeans": ("EMA + restarts, k-means init", {"quantizer": "ema", "dead_code_threshold": 1.0,
+                                                            "codebook_init": "lloyd"}),
+    "fsq5555": ("FSQ (5, 5, 5, 5) = 625 codes", {"quantizer": "fsq", "fsq_levels": (5, 5, 5, 5)}),
+    "fsq5555_lloyd": ("FSQ with Lloyd-Max levels, 5⁴ = 625 codes", {"quantizer": "fsq", "fsq_levels": (5, 5, 5, 5),
+                                                                   "lloyd_max": True}),
+    "fsq8555": ("FSQ (8, 5, 5, 5) = 1000 codes", {"quantizer": "fsq", "fsq_levels": (8, 5, 5, 5)}),
+    "residual": ("residual VQ, 4 × 512 (codebook loss)", {"quantizer": "residual", "num_stages": 4}),
+    "residual_ema_restart": ("residual VQ, 4 × 512, EMA + restarts", {"quantizer": "residual", "num_stages": 4,
+                                                                     "residual_ema": True, "dead_code_threshold": 1.0}),
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.variants = tuple(VARIANTS)
+    c.base = vqvae_mnist.get_config()
+    return c
+
+
+def _eval_curve(workdir: str, steps: int, final: float) -> tuple[list[int], list[float]]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip().endswith("}")]
+    pts = [(r["step"], r["perplexity"]) for r in rows if r["split"] == "eval"] + [(steps, final)]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
+    from vqjax import training, viz
+
+    unknown = [v for v in config.variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"`config.variants` has unknown names {unknown}; choose from {list(VARIANTS)}.")
+    rows, curves = [], {}
+    for name in config.variants:
+        description, overrides = VARIANTS[name]
+        c = config.base.copy_and_resolve_references()
+        c.model.update(overrides)
+        log(f"{name}: {description}")
+        model_fn, objective, reconstruct, init_fn = vqvae_mnist.build(c)
+        sub = os.path.join(workdir, name)
+        s = training.train_and_evaluate(c, sub, model_fn=model_fn, objective=objective, reconstruct=reconstruct,
+                                        init_fn=init_fn, after_training=vqvae_mnist.draw_codebook, log=log)
+        t = s["test"]
+        stages = c.model.num_stages if c.model.quantizer == "residual" else 1
+        codes = vqvae_mnist.codes_per_stage(c)
+        rows.append({"variant": name, "description": description, "steps": s["steps"], "mse": t["mse"],
+                     "reconstruction": t["reconstruction"], "perplexity": t["perplexity"],
+                     "used_fraction": t["used_fraction"], "dead_codes": t["dead_codes"], "codes_per_stage": codes,
+                     "stages": stages, "train_seconds_this_run": s["train_seconds_this_run"],
+                     "data_source": s["data_source"]})
+        curves[name] = _eval_curve(sub, s["steps"], t["perplexity"])
+    viz.save_history(os.path.join(workdir, "perplexity_comparison.png"), curves, ylabel="test-set perplexity",
+                     title=f"VQ-VAE codebook perplexity over training ({rows[0]['steps']} steps each)", logy=True)
+    result = {"runs": rows, "config": config.to_dict()}
+    with open(os.path.join(workdir, "comparison.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(workdir, "comparison.md"), "w") as f:
+        f.write(format_table(result) + "\n")
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = ["| quantizer | test MSE | −log p(x\\|z_q) (nats) | perplexity | codes used | dead codes |",
+             "|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        total = r["codes_per_stage"] * r["stages"]
+        per = f" (mean of {r['stages']} stages)" if r["stages"] > 1 else ""
+        lines.append(f"| {r['description']} | {r['mse']:.5f} | {r['reconstruction']:.2f} | {r['perplexity']:.1f}{per} | "
+                     f"{r['used_fraction']:.1%} of {total} | {r['dead_codes']} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    b = config.base
+    _program.start(cpu_devices_per_core=b.cpu_devices_per_core, batch_sizes=(b.data.batch_size, b.data.eval_batch_size))
+    result = run(config, _WORKDIR.value)
+    print(format_table(result))
+    print(f"-> {_WORKDIR.value}/comparison.md, comparison.json, perplexity_comparison.png")
+
+
+if __name__ == "__main__":
+    _CONFIG = config_flags.DEFINE_config_dict("config", get_config())
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/vqvae_codebooks", "Where the runs and the comparison go.")
+    app.run(main)
