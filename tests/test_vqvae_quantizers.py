@@ -142,3 +142,22 @@ def test_lloyd_init_fits_every_codebook(idx_dir, kind):
     assert after < 0.5 * before
     if kind == "ema":  # fresh statistics with the fitted codes
         assert float(model.quantizer.ema.weight[...]) == 0.0
+
+
+def test_codebooks_experiment_compares_the_variants(idx_dir, tmp_path):
+    from experiments import vqvae_codebooks
+
+    config = vqvae_codebooks.get_config()
+    config.variants = ("vq", "fsq5555")
+    config.base.model.update(TINY)
+    config.base.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
+    config.base.train.update(steps=4, log_every=2, checkpoint_every=4, eval_every=2)
+    result = vqvae_codebooks.run(config, str(tmp_path), log=lambda s: None)
+    assert [r["variant"] for r in result["runs"]] == ["vq", "fsq5555"]
+    assert [r["codes_per_stage"] for r in result["runs"]] == [16, 625]
+    table = (tmp_path / "comparison.md").read_text()
+    assert "FSQ (5, 5, 5, 5)" in table and "of 625" in table
+    assert os.path.getsize(tmp_path / "perplexity_comparison.png") > 1000
+    config.variants = ("vq", "nope")
+    with pytest.raises(ValueError, match="variants"):
+        vqvae_codebooks.run(config, str(tmp_path), log=lambda s: None)
