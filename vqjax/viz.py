@@ -132,18 +132,27 @@ def save_history(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
+    many = len(series) > 3
+    fig, ax = plt.subplots(figsize=(7.2 if many else 5.5, 3.6), dpi=120)
     for label, (x, y) in series.items():
         ax.plot(np.asarray(x), np.asarray(y), "o-" if len(x) < 30 else "-", ms=3, label=label)
     if hline is not None:
         ax.axhline(hline, color="0.5", ls="--", lw=1)
     if logy:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if many:  # beside the axes, not over the curves
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.fspath(path))
     plt.close(fig)
