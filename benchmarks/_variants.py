@@ -113,7 +113,7 @@ def setup_vqjax(case: str, z, codebooks, w):
     holder = [jax.device_put(state)]
 
     def call():
-        holder[0], loss, grad_z = fn(holder[0], *args)
+        holder[0], _, grad_z = fn(holder[0], *args)
         jax.block_until_ready((holder[0], grad_z))
 
     return call

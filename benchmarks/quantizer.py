@@ -409,10 +409,10 @@ def main(argv=None) -> None:
 
 
 VARIANT_NOTES = [
-    "One call = forward + backward (gradient w.r.t. z) + codebook update of the quantizer alone; see "
-    "benchmarks/_variants.py for the exact work of each side.",
-    "vector-quantize-pytorch: decay 0.99, commitment_weight 0.25, rotation_trick=False (straight-through, as "
-    f"vqjax), threshold_ema_dead_code=1 for the restart row; torch.set_num_threads({TORCH_THREADS}).",
+    ("One call = forward + backward (gradient w.r.t. z) + codebook update of the quantizer alone; see "
+     "benchmarks/_variants.py for the exact work of each side."),
+    ("vector-quantize-pytorch: decay 0.99, commitment_weight 0.25, rotation_trick=False (straight-through, as "
+     f"vqjax), threshold_ema_dead_code=1 for the restart row; torch.set_num_threads({TORCH_THREADS})."),
     "vqjax speedup = peer's median time / vqjax's. Above 1×: vqjax is faster.",
 ]
 

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import json
 
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import _program
-import jax
-import numpy as np
-
 from vqjax import objectives
 from vqjax.nn import QUANTIZERS, VQVAE, FiniteScalarQuantizer, make_quantizer
 

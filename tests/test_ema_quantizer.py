@@ -372,7 +372,7 @@ def test_vmap_over_stacked_states_and_batches():
     for s in range(n):
         want, want_dead = step(states[s], zs[s], idxs[s], keys[s])
         np.testing.assert_array_equal(dead[s], want_dead)
-        _assert_state_close(jax.tree.map(lambda x: x[s], got), want, rtol=1e-6, atol=1e-7)
+        _assert_state_close(jax.tree.map(lambda x, s=s: x[s], got), want, rtol=1e-6, atol=1e-7)
 
 
 def test_no_gradient_flows_through_the_updates():

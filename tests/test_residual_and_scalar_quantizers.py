@@ -24,7 +24,7 @@ def _normal(shape, seed, scale=1.0):
     return (np.random.default_rng(seed).normal(size=shape) * scale).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lloyd_levels(num_levels):
     return np.asarray(quantizers.lloyd_max_levels(num_levels))
 
@@ -198,7 +198,7 @@ def test_scalar_quantize_with_a_per_channel_level_table():
 # --------------------------------------------------------------------------- Lloyd-Max levels
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tanh_normal_sample():
     return np.tanh(np.random.default_rng(0).standard_normal(2_000_000))
 

@@ -97,7 +97,8 @@ def test_experiment_logs_usage_every_eval_and_draws_the_pictures(idx_dir, tmp_pa
     summary = training.train_and_evaluate(config, str(tmp_path), model_fn=model_fn, objective=objective,
                                           reconstruct=reconstruct, init_fn=init_fn,
                                           after_training=vqvae_mnist.draw_codebook, log=lambda s: None)
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    with open(tmp_path / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
     evals = [r for r in rows if r["split"] == "eval"]
     assert [r["step"] for r in evals] == [2, 4]
     for r in evals + [rows[-1]]:

@@ -6,6 +6,16 @@
 - ``_residual``: residual VQ, several codebooks on successive residuals.
 """
 
+from vqjax.quantizers._ema import EMAState, ema_init, ema_update, ema_usage, restart_dead_codes
+from vqjax.quantizers._fsq import (
+    fsq,
+    fsq_codebook_size,
+    fsq_codes_to_indices,
+    fsq_indices_to_codes,
+    lloyd_max_levels,
+    scalar_quantize,
+)
+from vqjax.quantizers._residual import ResidualQuantized, residual_lookup, residual_quantize
 from vqjax.quantizers._vq import (
     CodeUsage,
     Quantized,
@@ -18,16 +28,6 @@ from vqjax.quantizers._vq import (
     squared_distances,
     straight_through,
 )
-from vqjax.quantizers._ema import EMAState, ema_init, ema_update, ema_usage, restart_dead_codes
-from vqjax.quantizers._fsq import (
-    fsq,
-    fsq_codebook_size,
-    fsq_codes_to_indices,
-    fsq_indices_to_codes,
-    lloyd_max_levels,
-    scalar_quantize,
-)
-from vqjax.quantizers._residual import ResidualQuantized, residual_lookup, residual_quantize
 
 __all__ = [
     "squared_distances", "nearest_code", "lookup", "straight_through", "l2_normalize",

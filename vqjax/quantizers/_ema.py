@@ -46,7 +46,7 @@ class EMAState(NamedTuple):
 
 def _check_state(state: EMAState) -> tuple[int, int]:
     if not isinstance(state, EMAState):
-        raise ValueError(f"`state` must be an EMAState (from ema_init); got {type(state).__name__}.")
+        raise ValueError(f"`state` must be an EMAState (from ema_init); got {type(state).__name__}.")  # noqa: TRY004  (DESIGN: bad input is a ValueError)
     if state.codebook.ndim != 2:
         raise ValueError(f"`state.codebook` must be [K, D]; got shape {state.codebook.shape}.")
     return state.codebook.shape
