@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
         "decay": 0.99, "eps": 1e-5,  # ema (and residual_ema): EMA decay γ and Laplace smoothing ε
         "dead_code_threshold": 0.0,  # ema: re-seed codes used < this many times per batch; 0: off
         "fsq_levels": (8, 8, 8), "lloyd_max": False,  # fsq: levels per channel; Lloyd-Max levels
+        "fsq_range_loss": False,  # fsq: β·Σ max(|z| - 2, 0)², keeps channels out of tanh saturation
         "num_stages": 4, "residual_ema": False,  # residual
         # "uniform": U(-1/K, 1/K) as in the paper; "lloyd": generalized Lloyd (k-means++ start) on the
         # encoder outputs of a first batch of training data (vq, ema, residual).
@@ -83,6 +84,7 @@ def build(config: ml_collections.ConfigDict):
         quantizer = make_quantizer(
             m.quantizer, num_codes=m.num_codes, code_dim=m.code_dim, cosine=m.cosine, decay=m.decay, eps=m.eps,
             dead_code_threshold=m.dead_code_threshold, fsq_levels=tuple(m.fsq_levels), lloyd_max=m.lloyd_max,
+            fsq_range_loss=m.fsq_range_loss,
             num_stages=m.num_stages, residual_ema=m.residual_ema, rngs=rngs)
         return VQVAE(in_channels=1, hidden=m.hidden, residual_hidden=m.residual_hidden,
                      num_residual=m.num_residual, quantizer=quantizer, rngs=rngs)

@@ -204,16 +204,18 @@ class FiniteScalarQuantizer(nnx.Module):
     ``lloyd_max=False``: the uniform levels of :func:`vqjax.quantizers.fsq` (Mentzer et al.,
     2024). ``lloyd_max=True``: every channel rounds ``tanh(z)`` to the Lloyd-Max levels of
     :func:`vqjax.quantizers.lloyd_max_levels` (all entries of ``levels`` must be equal).
-    ``num_codes`` is the implied codebook size ``Π_d L_d``.
+    ``num_codes`` is the implied codebook size ``Π_d L_d``. With ``range_loss=True`` its
+    ``commitment_loss`` is :func:`vqjax.quantizers.fsq_range_loss` (weighted by the objective's β),
+    which keeps channels out of tanh saturation; otherwise FSQ has no loss, as in the paper.
     """
 
     num_stages = 1
 
-    def __init__(self, levels: Sequence[int], *, lloyd_max: bool = False):
+    def __init__(self, levels: Sequence[int], *, lloyd_max: bool = False, range_loss: bool = False):
         self.levels = tuple(int(v) for v in levels)
         self.num_codes = quantizers.fsq_codebook_size(self.levels)  # validates the levels
         self.code_dim = len(self.levels)
-        self.lloyd_max = lloyd_max
+        self.lloyd_max, self.range_loss = lloyd_max, range_loss
         if lloyd_max:
             if len(set(self.levels)) != 1:
                 raise ValueError(f"`levels` must all be equal with lloyd_max=True; got {self.levels}.")
@@ -225,8 +227,8 @@ class FiniteScalarQuantizer(nnx.Module):
             q = quantizers.scalar_quantize(z, self.table[...])
         else:
             q = quantizers.fsq(z, self.levels)
-        return QuantizerOutput(q.z_q.astype(z.dtype), q.indices, _zero_loss(z), _zero_loss(z),
-                               jnp.zeros((), jnp.int32))
+        commitment = quantizers.fsq_range_loss(z) if self.range_loss else _zero_loss(z)
+        return QuantizerOutput(q.z_q.astype(z.dtype), q.indices, _zero_loss(z), commitment, jnp.zeros((), jnp.int32))
 
     def encode(self, z: jax.Array) -> jax.Array:
         return self(z).indices
@@ -332,6 +334,7 @@ def make_quantizer(
     dead_code_threshold: float = 0.0,
     fsq_levels: Sequence[int] = (8, 8, 8),
     lloyd_max: bool = False,
+    fsq_range_loss: bool = False,
     num_stages: int = 4,
     residual_ema: bool = False,
     rngs: nnx.Rngs,
@@ -339,7 +342,7 @@ def make_quantizer(
     """The quantizer named ``kind`` (one of :data:`QUANTIZERS`), from config-style keywords.
 
     ``"vq"``: :class:`VectorQuantizer`; ``"ema"``: :class:`EMAVectorQuantizer`; ``"fsq"``:
-    :class:`FiniteScalarQuantizer` (``fsq_levels``, ``lloyd_max``; its code dimension is
+    :class:`FiniteScalarQuantizer` (``fsq_levels``, ``lloyd_max``, ``fsq_range_loss``; its code dimension is
     ``len(fsq_levels)``); ``"residual"``: :class:`ResidualVectorQuantizer` (``num_stages``,
     ``residual_ema``). Keywords a kind does not use are ignored.
     """
@@ -349,7 +352,7 @@ def make_quantizer(
         return EMAVectorQuantizer(num_codes, code_dim, decay=decay, eps=eps, dead_code_threshold=dead_code_threshold,
                                   cosine=cosine, rngs=rngs)
     if kind == "fsq":
-        return FiniteScalarQuantizer(fsq_levels, lloyd_max=lloyd_max)
+        return FiniteScalarQuantizer(fsq_levels, lloyd_max=lloyd_max, range_loss=fsq_range_loss)
     if kind == "residual":
         return ResidualVectorQuantizer(num_codes, code_dim, num_stages, ema=residual_ema, decay=decay, eps=eps,
                                        dead_code_threshold=dead_code_threshold, rngs=rngs)

@@ -12,6 +12,7 @@ from vqjax.quantizers._fsq import (
     fsq_codebook_size,
     fsq_codes_to_indices,
     fsq_indices_to_codes,
+    fsq_range_loss,
     lloyd_max_levels,
     scalar_quantize,
 )
@@ -34,6 +35,6 @@ __all__ = [
     "Quantized", "quantize", "CodeUsage", "code_usage", "perplexity",
     "EMAState", "ema_init", "ema_update", "ema_usage", "restart_dead_codes",
     "fsq", "fsq_codes_to_indices", "fsq_indices_to_codes", "fsq_codebook_size",
-    "scalar_quantize", "lloyd_max_levels",
+    "scalar_quantize", "lloyd_max_levels", "fsq_range_loss",
     "ResidualQuantized", "residual_quantize", "residual_lookup",
 ]
