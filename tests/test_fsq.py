@@ -75,3 +75,17 @@ def test_jit_vmap_and_bfloat16():
 def test_bad_input_is_a_clear_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_range_loss_against_numpy_and_its_gradient_pulls_saturated_channels_back():
+    z = np.array([[0.5, 3.0, -4.0, 1.9], [2.0, -2.0, 10.0, 0.0]], np.float32)
+    want = np.sum(np.maximum(np.abs(z) - 2.0, 0.0) ** 2, axis=-1)
+    np.testing.assert_allclose(F.fsq_range_loss(z), want, rtol=1e-6)
+    g = np.asarray(jax.grad(lambda v: jnp.sum(F.fsq_range_loss(v)))(jnp.asarray(z)))
+    np.testing.assert_allclose(g, 2 * np.sign(z) * np.maximum(np.abs(z) - 2.0, 0.0), rtol=1e-6)
+    # Where FSQ's own gradient has vanished (tanh saturated), the penalty's has not.
+    fsq_grad = jax.grad(lambda v: jnp.sum(F.fsq(v, (5, 5, 5, 5)).z_q))(jnp.asarray(z))
+    assert abs(float(fsq_grad[1, 2])) < 1e-6 and float(g[1, 2]) == 16.0
+    np.testing.assert_allclose(F.fsq_range_loss(z, bound=5.0), [0.0, 25.0])
+    with pytest.raises(ValueError, match="bound"):
+        F.fsq_range_loss(z, bound=0.0)

@@ -22,6 +22,7 @@ KINDS = {
     "ema_restart": {"quantizer": "ema", "dead_code_threshold": 4.0},
     "fsq": {"quantizer": "fsq", "fsq_levels": (4, 3, 3)},
     "fsq_lloyd_max": {"quantizer": "fsq", "fsq_levels": (3, 3, 3), "lloyd_max": True},
+    "fsq_range": {"quantizer": "fsq", "fsq_levels": (4, 3, 3), "fsq_range_loss": True},
     "residual": {"quantizer": "residual", "num_stages": 3},
     "residual_ema": {"quantizer": "residual", "num_stages": 3, "residual_ema": True, "dead_code_threshold": 4.0},
 }
@@ -77,7 +78,12 @@ def test_objective_terms_follow_the_quantizer(idx_dir, kind):
     x = jnp.asarray(np.stack([data.idx_source(idx_dir, "train")[i]["image"] for i in range(4)]) / np.float32(255))
     loss, m = objectives.vqvae_objective(model, {"image": x}, beta=0.5)
     np.testing.assert_allclose(loss, m["reconstruction"] + m["codebook"] + m["commitment"], rtol=1e-5)
-    if kind.startswith("fsq"):
+    if kind == "fsq_range":  # the range penalty takes the commitment slot, weighted by β
+        z = np.asarray(model.encoder(x))
+        want = np.mean(np.sum(np.maximum(np.abs(z) - 2.0, 0.0) ** 2, axis=(1, 2, 3)))
+        assert float(m["codebook"]) == 0.0
+        np.testing.assert_allclose(m["commitment"], 0.5 * want, rtol=1e-5, atol=1e-7)
+    elif kind.startswith("fsq"):
         assert float(m["codebook"]) == 0.0 and float(m["commitment"]) == 0.0
     elif "ema" in kind:
         assert float(m["codebook"]) == 0.0 and float(m["commitment"]) > 0.0
