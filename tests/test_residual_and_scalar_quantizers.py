@@ -1,6 +1,7 @@
 """Residual VQ, scalar (Lloyd-Max) quantization, cosine VQ and the nn quantizer modules, against NumPy."""
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +123,7 @@ def test_lloyd_fitted_residual_stages_each_reduce_the_residual():
     energy = [float(jnp.mean(jnp.sum(out.residuals[s] ** 2, -1))) for s in range(3)]
     energy.append(float(jnp.mean(jnp.sum((z - out.z_q) ** 2, -1))))
     np.testing.assert_allclose(out.residuals[-1] - out.codes[-1], r, rtol=1e-5, atol=1e-5)
-    for before, after in zip(energy, energy[1:]):
+    for before, after in itertools.pairwise(energy):
         assert after < 0.9 * before, energy
 
 
@@ -277,7 +278,7 @@ def test_l2_normalize_and_cosine_quantize_of_bfloat16_under_strict_promotion():
 # --------------------------------------------------------------------------- nn modules
 
 
-SMALL = dict(num_codes=8, code_dim=3, fsq_levels=(5, 4, 3), num_stages=2)
+SMALL = {"num_codes": 8, "code_dim": 3, "fsq_levels": (5, 4, 3), "num_stages": 2}
 
 
 @nnx.jit

@@ -73,6 +73,23 @@ def save_usage_plot(path: str | os.PathLike, counts: np.ndarray, *, title: str =
     plt.close(fig)
 
 
+def _plain_log_y(ax) -> None:
+    """A log y axis whose ticks read as plain numbers (300, not 3×10²)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+
+
+def _label(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
 def save_curve(
     path: str | os.PathLike,
     x: np.ndarray,
@@ -101,16 +118,8 @@ def save_curve(
     if logx:
         ax.set_xscale("log")
     if logy:
-        from matplotlib.ticker import FuncFormatter
-
-        ax.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
+        _plain_log_y(ax)
+    _label(ax, xlabel, ylabel, title)
     fig.tight_layout()
     fig.savefig(os.fspath(path))
     plt.close(fig)
@@ -139,16 +148,8 @@ def save_history(
     if hline is not None:
         ax.axhline(hline, color="0.5", ls="--", lw=1)
     if logy:
-        from matplotlib.ticker import FuncFormatter
-
-        ax.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
+        _plain_log_y(ax)
+    _label(ax, xlabel, ylabel, title)
     if many:  # beside the axes, not over the curves
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     else:

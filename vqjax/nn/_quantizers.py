@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vqjax import losses, quantizers
+from vqjax.losses._checks import check_positive_int
 
 __all__ = [
     "QuantizerOutput", "CodebookStatistic", "VectorQuantizer", "EMAVectorQuantizer",
@@ -48,8 +49,7 @@ class CodebookStatistic(nnx.Variable):
 
 def _check_positive(**values) -> None:
     for name, v in values.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"`{name}` must be a positive int; got {v!r}.")
+        check_positive_int(v, name)
 
 
 def _uniform_codebook(key: jax.Array, shape: tuple[int, ...], num_codes: int) -> jax.Array:

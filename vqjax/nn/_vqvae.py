@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-from flax import nnx
-
 import jax.numpy as jnp
+from flax import nnx
 
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
 from vqjax.nn._quantizers import VectorQuantizer
@@ -151,6 +150,5 @@ class VQVAE(nnx.Module):
             raise ValueError(f"`x` must be [B, H, W, C]; got shape {x.shape}.")
         z_e = self.encoder(x)
         q = self.quantizer(z_e, key=key)
-        per_example = lambda t: jnp.sum(t, axis=(1, 2))  # noqa: E731
-        return VQVAEOutput(self.decoder(q.z_q), z_e, q.z_q, q.indices, per_example(q.codebook_loss),
-                           per_example(q.commitment_loss), q.restarted)
+        codebook, commitment = (jnp.sum(t, axis=(1, 2)) for t in (q.codebook_loss, q.commitment_loss))
+        return VQVAEOutput(self.decoder(q.z_q), z_e, q.z_q, q.indices, codebook, commitment, q.restarted)
