@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 
 from vqjax import losses, quantizers
-from vqjax.nn import VAE, VQVAE, VIBClassifier
+from vqjax.nn import VAE, VQVAE, VQVAE2, GatedPixelCNN, HierarchicalPrior, VIBClassifier
 
 __all__ = [
-    "vqvae_objective", "LIKELIHOODS", "reconstruction_mean",
+    "vqvae_objective", "vqvae2_objective", "prior_objective", "hierarchical_prior_objective",
+    "LIKELIHOODS", "reconstruction_mean",
     "binarize", "vae_objective", "vae_iwae_objective", "vib_objective",
 ]
 
@@ -98,6 +99,95 @@ def vqvae_objective(
         metrics.update(perplexity=usage.perplexity, used_fraction=usage.used_fraction,
                        dead_codes=usage.dead.astype(jnp.float32), counts=usage.counts)
     metrics["restarted"] = out.restarted.astype(jnp.float32)
+    return metrics["loss"], metrics
+
+
+def vqvae2_objective(
+    model: VQVAE2,
+    batch: dict,
+    *,
+    beta: float = 0.25,
+    likelihood: str = "bernoulli",
+    variance: float = 0.5,
+    key: jax.Array | None = None,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
+    r"""Batch-mean VQ-VAE-2 loss: :func:`vqvae_objective`'s terms with both levels' codebook and
+    commitment losses summed (Razavi et al., 2019, eq. 2).
+
+    Metrics: ``loss``, ``reconstruction`` (nats per image), ``codebook``, ``commitment`` (with β),
+    ``mse``, ``perplexity_top``, ``perplexity_bottom``, ``used_top``, ``used_bottom``,
+    ``restarted``, plus ``sum/*`` totals and ``weight``.
+    """
+    x = batch["image"]
+    out = model(x, key=key)
+    reconstruction = -_log_likelihood(out.logits, x, likelihood, variance)
+    w, total_w = _weights(x.shape[0], weights)
+    mse = jnp.mean(jnp.square(reconstruction_mean(out.logits, likelihood) - x), axis=(1, 2, 3))
+    commitment = beta * out.commitment_loss
+    metrics = _report({"loss": reconstruction + out.codebook_loss + commitment, "reconstruction": reconstruction,
+                       "codebook": out.codebook_loss, "commitment": commitment, "mse": mse}, w, total_w)
+    for name, idx, k in (("top", out.top_indices, model.num_codes[0]), ("bottom", out.bottom_indices,
+                                                                        model.num_codes[1])):
+        usage = quantizers.code_usage(jnp.where((w > 0)[:, None, None], idx, k), k)
+        metrics.update({f"perplexity_{name}": usage.perplexity, f"used_{name}": usage.used_fraction})
+    metrics["restarted"] = out.restarted.astype(jnp.float32)
+    return metrics["loss"], metrics
+
+
+def prior_objective(
+    prior: GatedPixelCNN,
+    codes: jax.Array,
+    *,
+    labels: jax.Array | None = None,
+    cond: jax.Array | None = None,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
+    r"""Batch-mean negative log-likelihood of code grids under an autoregressive prior.
+
+    ``-log p(c) = -Σ_ij log softmax(logits_ij)[c_ij]`` (:func:`vqjax.losses.categorical_log_likelihood`),
+    in nats per grid; ``bits_per_code`` divides it by ``H·W·ln 2``.
+
+    Args:
+      prior: a :class:`vqjax.nn.GatedPixelCNN`.
+      codes: ``[B, H, W]`` code indices.
+      labels: ``[B]`` classes for a class-conditional prior.
+      cond: ``[B, H, W, C_s]`` for a spatially conditioned prior.
+      weights: optional ``[B]`` 0/1 mask for padded evaluation batches.
+
+    Returns:
+      ``(loss, metrics)``: ``loss`` and ``nll`` in nats per grid, ``bits_per_code``, ``sum/*`` and
+      ``weight``.
+    """
+    nll = -losses.categorical_log_likelihood(prior(codes, labels=labels, cond=cond), codes, event_ndim=2)
+    w, total_w = _weights(codes.shape[0], weights)
+    bits = losses.bits_per_dim(nll, codes.shape[1] * codes.shape[2])
+    metrics = _report({"loss": nll, "nll": nll, "bits_per_code": bits}, w, total_w)
+    return metrics["loss"], metrics
+
+
+def hierarchical_prior_objective(
+    prior: HierarchicalPrior,
+    top: jax.Array,
+    bottom: jax.Array,
+    *,
+    labels: jax.Array | None = None,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
+    r"""``-log p(c_t | y) - log p(c_b | c_t, y)``, batch mean; both priors train together.
+
+    Metrics: ``loss`` and ``nll`` (nats per image), ``bits_top`` and ``bits_bottom`` (per code of
+    each grid), ``bits_per_code`` (over all ``h·w + 4·h·w`` codes), ``sum/*`` and ``weight``.
+    """
+    logits_top, logits_bottom = prior(top, bottom, labels=labels)
+    nll_top = -losses.categorical_log_likelihood(logits_top, top, event_ndim=2)
+    nll_bottom = -losses.categorical_log_likelihood(logits_bottom, bottom, event_ndim=2)
+    n_top, n_bottom = top.shape[1] * top.shape[2], bottom.shape[1] * bottom.shape[2]
+    nll = nll_top + nll_bottom
+    w, total_w = _weights(top.shape[0], weights)
+    metrics = _report({"loss": nll, "nll": nll, "bits_top": losses.bits_per_dim(nll_top, n_top),
+                       "bits_bottom": losses.bits_per_dim(nll_bottom, n_bottom),
+                       "bits_per_code": losses.bits_per_dim(nll, n_top + n_bottom)}, w, total_w)
     return metrics["loss"], metrics
 
 

@@ -33,6 +33,8 @@ __all__ = [
     "replicate",
     "NonFiniteLossError",
     "train_and_evaluate",
+    "load_model",
+    "saved_config",
 ]
 
 DATA_AXIS = "data"
@@ -285,6 +287,63 @@ def _restore(mgr, step: int, target: TrainState, data_iter) -> TrainState:
     return restored["state"]
 
 
+def saved_config(workdir: str) -> dict | None:
+    """The config a :func:`train_and_evaluate` run in ``workdir`` was started with, as a dict, or None."""
+    for name, key in (("config.json", None), ("summary.json", "config")):
+        path = os.path.join(workdir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            return saved if key is None else saved.get(key)
+    return None
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """``{"encoder/conv1/kernel": shape}`` of a state or of its checkpoint metadata."""
+    def name(path) -> str:
+        parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        return "/".join(p for p in parts if p != "value")
+
+    return {name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step: int | None = None) -> nnx.Module:
+    """The model a :func:`train_and_evaluate` run saved in ``workdir``: ``model_fn``'s architecture
+    with the parameters and other variables of its latest checkpoint (or of ``step``).
+
+    Raises ``FileNotFoundError`` when ``workdir`` holds no checkpoint and ``ValueError`` naming the
+    first variable whose shape (or presence) differs between the checkpoint and ``model_fn``'s model.
+    """
+    import orbax.checkpoint as ocp
+
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    steps = sorted(ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False)).all_steps()) \
+        if os.path.isdir(directory) else []
+    if not steps:
+        raise FileNotFoundError(f"No checkpoint in {directory}: train the model there first (or point to the "
+                                "workdir of a run that saved checkpoints).")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(f"No checkpoint of step {step} in {directory}; it has steps {steps}.")
+    model = model_fn(nnx.Rngs(0))
+    tx = optax.adam(optax.constant_schedule(1.0))  # the loop's optimizer structure (Adam with a schedule)
+    graphdef, target = init_train_state(model, tx, seed=0)
+    saved = ocp.StandardCheckpointer().metadata(os.path.join(directory, str(step), "state"))
+    saved = getattr(saved, "item_metadata", saved)
+    for part in ("params", "rest"):
+        want, got = _shapes(getattr(target, part)), _shapes(saved[part])
+        for name in sorted(set(want) | set(got)):
+            if want.get(name) != got.get(name):
+                raise ValueError(
+                    f"The checkpoint in {directory} (step {step}) does not fit the model: {part}/{name} is "
+                    f"{got.get(name, 'missing')} in the checkpoint and {want.get(name, 'absent')} in the model. "
+                    "Build the model with the config the checkpoint was trained with.")
+    mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    mgr.close()
+    return nnx.merge(graphdef, state.params, state.rest)
+
+
 def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, desc: str | None = None) -> dict:
     """Metrics over the whole of ``source``: totals divided by the number of examples.
 
@@ -405,6 +464,9 @@ def train_and_evaluate(
     t_start = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
+    if is_main:  # what load_model's callers rebuild the model from
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, default=str)
     steps, batch_size = int(config.train.steps), int(config.data.batch_size)
     if steps < 1:
         raise ValueError(f"`config.train.steps` must be >= 1; got {steps}.")

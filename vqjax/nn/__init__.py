@@ -13,11 +13,15 @@ from vqjax.nn._quantizers import (
 )
 from vqjax.nn._vae import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, VAEOutput
 from vqjax.nn._vib import VIBClassifier
+from vqjax.nn._pixelcnn import GatedLayer, GatedPixelCNN
+from vqjax.nn._sampling import sample_codes
 from vqjax.nn._vqvae import VQVAE, Decoder, Encoder, VQVAEOutput
+from vqjax.nn._vqvae2 import VQVAE2, HierarchicalPrior, VQVAE2Output
 
 __all__ = [
     "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "VAE", "VAEOutput", "VIBClassifier",
     "Encoder", "Decoder", "VQVAE", "VQVAEOutput", "ResidualBlock", "SubpixelConvTranspose",
     "QuantizerOutput", "CodebookStatistic", "VectorQuantizer", "EMAVectorQuantizer", "FiniteScalarQuantizer",
-    "ResidualVectorQuantizer", "QUANTIZERS", "make_quantizer",
+    "ResidualVectorQuantizer", "QUANTIZERS", "make_quantizer", "GatedLayer", "GatedPixelCNN", "sample_codes",
+    "VQVAE2", "VQVAE2Output", "HierarchicalPrior",
 ]

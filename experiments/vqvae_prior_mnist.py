@@ -1,0 +1,195 @@
+"""Generate digits with a VQ-VAE: a gated PixelCNN prior over its codes (van den Oord et al., 2017, §4.2).
+
+    python -m experiments.vqvae_prior_mnist                                   # trains a VQ-VAE first
+    python -m experiments.vqvae_prior_mnist --config.vqvae_workdir=runs/vqvae_mnist   # reuse one
+    python -m experiments.vqvae_prior_mnist --config.data.idx_dir=/path/to/mnist --config.sample.score_samples=10000
+
+The prior ``p(c | y) = Π_ij p(c_ij | c_<ij, y)`` (:class:`vqjax.nn.GatedPixelCNN`, class-conditional by
+default) is trained on the code grids the frozen VQ-VAE gives the training digits, with its own
+Orbax checkpoints in ``workdir`` (running again resumes). Without ``--config.vqvae_workdir`` a VQ-VAE
+is trained first (:mod:`experiments.vqvae_mnist`, ``config.vqvae``) in ``workdir/vqvae``; a given
+workdir must hold checkpoints, and the model is rebuilt from the config it saved.
+
+Output in ``workdir``: ``samples.png`` (one row per class when conditional; ``sample.temperature``),
+``metrics.jsonl`` (``bits_per_code`` on the test codes), ``summary.json`` with the test NLL, the time
+to sample 1,000 images, and (``sample.score_samples > 0``) the sample quality: Fréchet distance of
+the shipped classifier's features and the Classification Accuracy Score, beside real images (the
+ceiling) and uniformly random codes (the floor).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import _program, _sample_quality, vqvae_mnist
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.cpu_devices_per_core = False  # see experiments.vqvae_mnist
+    c.vqvae_workdir = ""  # a vqvae_mnist workdir with checkpoints; empty: train one in <workdir>/vqvae
+    c.vqvae = vqvae_mnist.get_config()  # used to train that VQ-VAE (its data: this config's `data`)
+    c.data = ml_collections.ConfigDict({"dataset": "mnist", "idx_dir": "", "tfds_data_dir": "",
+                                        "batch_size": 128, "eval_batch_size": 500})
+    c.model = ml_collections.ConfigDict({
+        "hidden": 64, "num_layers": 8, "kernel_size": 3, "out_hidden": 128, "class_conditional": True,
+    })
+    c.optimizer = ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 100, "schedule": "cosine"})
+    c.train = ml_collections.ConfigDict({
+        "steps": 4000, "log_every": 100, "checkpoint_every": 500, "keep_checkpoints": 3, "eval_every": 1000,
+    })
+    c.sample = ml_collections.ConfigDict({
+        "temperature": 1.0,
+        "per_class": 10,  # samples.png: per_class columns, one row per class (10 rows if unconditional)
+        "score_samples": 0,  # > 0: FD and CAS from this many samples (and as many real / uniform ones)
+        "cas_steps": 1000,  # training steps of each CAS classifier
+    })
+    return c
+
+
+def merge_saved(base: ml_collections.ConfigDict, saved: dict) -> ml_collections.ConfigDict:
+    """``base`` (the current defaults) updated with a saved config dict: keys added since the save
+    keep their defaults, which reproduce the behaviour of the time."""
+    base = base.copy_and_resolve_references()
+    for k, v in saved.items():
+        if isinstance(v, dict) and isinstance(base.get(k), ml_collections.ConfigDict):
+            base[k] = merge_saved(base[k], v)
+        elif k in base or not isinstance(v, dict):
+            base[k] = tuple(v) if isinstance(v, list) else v
+    return base
+
+
+def load_vqvae(config: ml_collections.ConfigDict, workdir: str, *, log=print):
+    """``(vqvae, vqvae_config)``: the frozen VQ-VAE whose codes the prior models (trained first if asked)."""
+    from vqjax import training
+
+    if config.vqvae_workdir:
+        vq_dir = config.vqvae_workdir
+        if not os.path.isdir(os.path.join(vq_dir, "checkpoints")):
+            raise FileNotFoundError(f"`config.vqvae_workdir`={vq_dir!r} holds no checkpoints/: give the workdir of a "
+                                    "`python -m experiments.vqvae_mnist` run, or leave it empty to train one first.")
+    else:
+        vq_dir = os.path.join(workdir, "vqvae")
+        if not os.path.exists(os.path.join(vq_dir, "summary.json")):
+            log(f"Training the VQ-VAE first in {vq_dir} (experiments.vqvae_mnist, config.vqvae).")
+            vq_config = config.vqvae.copy_and_resolve_references()
+            vq_config.data = config.data.copy_and_resolve_references()
+            model_fn, objective, reconstruct, init_fn = vqvae_mnist.build(vq_config)
+            training.train_and_evaluate(vq_config, vq_dir, model_fn=model_fn, objective=objective,
+                                        reconstruct=reconstruct, init_fn=init_fn, log=log)
+    saved = training.saved_config(vq_dir)
+    vq_config = merge_saved(vqvae_mnist.get_config(), saved) if saved else config.vqvae
+    if vq_config.model.quantizer == "residual":
+        raise ValueError("The prior models one code per latent position; residual VQ gives num_stages codes "
+                         "per position. Train the VQ-VAE with quantizer vq, ema or fsq.")
+    vqvae = training.load_model(vq_dir, vqvae_mnist.build(vq_config)[0])
+    vqvae.eval()
+    return vqvae, vq_config
+
+
+def build(config: ml_collections.ConfigDict, vqvae):
+    """``(model_fn, objective)`` of the prior, over the codes ``vqvae`` gives each batch."""
+    from flax import nnx
+
+    from vqjax import objectives
+    from vqjax.nn import GatedPixelCNN
+
+    m = config.model
+    num_classes = 10 if m.class_conditional else 0
+    vq_graphdef, vq_state = nnx.split(vqvae)
+
+    def model_fn(rngs):
+        return GatedPixelCNN(vqvae.num_codes, hidden=m.hidden, num_layers=m.num_layers, kernel_size=m.kernel_size,
+                             out_hidden=m.out_hidden, num_classes=num_classes, rngs=rngs)
+
+    def objective(prior, batch, *, key, step, weights=None):
+        del key, step
+        codes = jax.lax.stop_gradient(nnx.merge(vq_graphdef, vq_state).encode(batch["image"]))
+        labels = batch["label"] if num_classes else None
+        return objectives.prior_objective(prior, codes, labels=labels, weights=weights)
+
+    return model_fn, objective
+
+
+def sampler(prior, vqvae, grid: tuple[int, int], *, temperature: float):
+    """``sample_fn(labels [N], key) -> images [N, 28, 28, 1]``: codes from the prior, decoded."""
+    from vqjax.nn import sample_codes
+
+    decode = jax.jit(lambda m, c: jax.nn.sigmoid(m.decode(c)))
+
+    def sample_fn(labels, key):
+        lab = jnp.asarray(labels) if prior.num_classes else None
+        codes = sample_codes(prior, (len(labels), *grid), key=key, labels=lab, temperature=temperature)
+        return decode(vqvae, codes)
+
+    def uniform_fn(labels, key):
+        return decode(vqvae, jax.random.randint(key, (len(labels), *grid), 0, vqvae.num_codes))
+
+    return sample_fn, uniform_fn
+
+
+def after_training(config, vqvae, *, log=print):
+    """Draw ``samples.png``, time sampling, and (if asked) score the samples."""
+    from vqjax import viz
+
+    def run(prior, test_src, workdir):
+        grid = tuple(int(d) for d in np.asarray(vqvae.encode(jnp.zeros((1, 28, 28, 1)))).shape[1:3])
+        sample_fn, uniform_fn = sampler(prior, vqvae, grid, temperature=config.sample.temperature)
+        key = jax.random.key(config.seed + 1)
+        per_class = int(config.sample.per_class)
+        labels = np.repeat(np.arange(10), per_class).astype(np.int32)
+        images = np.asarray(sample_fn(labels, key))
+        viz.save_png(os.path.join(workdir, "samples.png"), viz.image_grid(images, ncols=per_class))
+        out = {"seconds_to_sample_1000": round(_sample_quality.time_sampling(sample_fn, key=key), 2),
+               "code_grid": list(grid)}
+        if config.sample.score_samples:
+            from experiments.mnist_classifier import load_split
+
+            train = load_split(config.data, "train", log=lambda s: None)[:2]
+            test = load_split(config.data, "test", log=lambda s: None)[:2]
+            scores = _sample_quality.score(sample_fn, uniform_fn, train=train, test=test,
+                                           num_samples=int(config.sample.score_samples),
+                                           cas_steps=int(config.sample.cas_steps), key=key, log=log)
+            scores.pop("samples")
+            out["sample_quality"] = scores
+        return out
+
+    return run
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
+    from vqjax import training
+
+    vqvae, _ = load_vqvae(config, workdir, log=log)
+    model_fn, objective = build(config, vqvae)
+    return training.train_and_evaluate(config, workdir, model_fn=model_fn, objective=objective,
+                                       after_training=after_training(config, vqvae, log=log), log=log)
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
+                   batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
+    summary = run(config, _WORKDIR.value)
+    test = summary["test"]
+    print(f"prior test NLL {test['bits_per_code']:.3f} bits per code ({test['nll']:.2f} nats per image, "
+          f"{test['num_examples']} images); 1000 samples in {summary['seconds_to_sample_1000']} s")
+    if "sample_quality" in summary:
+        print(json.dumps(summary["sample_quality"]))
+    print(f"-> {_WORKDIR.value}/samples.png")
+
+
+if __name__ == "__main__":
+    _CONFIG = config_flags.DEFINE_config_dict("config", get_config())
+    _WORKDIR = flags.DEFINE_string("workdir", "runs/vqvae_prior_mnist", "Where checkpoints, metrics and samples go.")
+    app.run(main)

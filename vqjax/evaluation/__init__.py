@@ -1,0 +1,20 @@
+"""Sample quality on MNIST: a shipped feature classifier, the Fréchet distance and the
+Classification Accuracy Score."""
+
+from vqjax.evaluation._classifier import (
+    SHIPPED_WEIGHTS,
+    MNISTClassifier,
+    features,
+    fit_classifier,
+    load_classifier,
+    predict,
+    save_classifier,
+)
+from vqjax.evaluation._frechet import frechet_distance, gaussian_statistics
+from vqjax.evaluation._scores import classification_accuracy_score, frechet_classifier_distance
+
+__all__ = [
+    "MNISTClassifier", "fit_classifier", "predict", "features", "save_classifier", "load_classifier",
+    "SHIPPED_WEIGHTS", "gaussian_statistics", "frechet_distance", "frechet_classifier_distance",
+    "classification_accuracy_score",
+]
