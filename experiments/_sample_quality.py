@@ -29,7 +29,7 @@ def balanced_labels(n: int, num_classes: int = 10) -> np.ndarray:
 
 def draw(sample_fn: SampleFn, labels: np.ndarray, key: jax.Array, *, batch_size: int = 1000) -> np.ndarray:
     """Images for ``labels``, ``batch_size`` at a time (the last batch padded to keep one shape)."""
-    out = []
+    out, batch_size = [], min(batch_size, len(labels))
     for i, start in enumerate(range(0, len(labels), batch_size)):
         chunk = labels[start:start + batch_size]
         padded = np.concatenate([chunk, np.zeros(batch_size - len(chunk), chunk.dtype)])

@@ -146,7 +146,8 @@ def after_training(config, vqvae2, *, log=print):
         labels = np.repeat(np.arange(10), int(s.per_class)).astype(np.int32)
         viz.save_png(os.path.join(workdir, "samples.png"),
                      viz.image_grid(np.asarray(sample_fn(labels, key)), ncols=int(s.per_class)))
-        out = {"seconds_to_sample_1000": round(_sample_quality.time_sampling(sample_fn, key=key), 2),
+        n = int(s.time_samples)
+        out = {f"seconds_to_sample_{n}": round(_sample_quality.time_sampling(sample_fn, num=n, key=key), 2),
                "top_grid": list(top_grid), "bottom_grid": [2 * top_grid[0], 2 * top_grid[1]]}
         if s.score_samples:
             from experiments.mnist_classifier import load_split
@@ -187,11 +188,11 @@ def main(argv):
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     out = run(config, _WORKDIR.value)
-    t, p = out["vqvae2"]["test"], out["prior"]
+    t, p, n = out["vqvae2"]["test"], out["prior"], config.prior.sample.time_samples
     print(f"VQ-VAE-2 test: mse {t['mse']:.5f}  reconstruction {t['reconstruction']:.2f} nats  "
           f"perplexity top {t['perplexity_top']:.1f} bottom {t['perplexity_bottom']:.1f}")
     print(f"prior test NLL: top {p['test']['bits_top']:.3f}, bottom {p['test']['bits_bottom']:.3f}, all "
-          f"{p['test']['bits_per_code']:.3f} bits per code; 1000 samples in {p['seconds_to_sample_1000']} s")
+          f"{p['test']['bits_per_code']:.3f} bits per code; {n} samples in {p[f'seconds_to_sample_{n}']} s")
     if "sample_quality" in p:
         print(json.dumps(p["sample_quality"]))
     print(f"-> {_WORKDIR.value}/vqvae2/reconstructions.png, {_WORKDIR.value}/prior/samples.png")

@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
         "per_class": 10,  # samples.png: per_class columns, one row per class (10 rows if unconditional)
         "score_samples": 0,  # > 0: FD and CAS from this many samples (and as many real / uniform ones)
         "cas_steps": 1000,  # training steps of each CAS classifier
+        "time_samples": 1000,  # the summary's sampling time is for this many images
     })
     return c
 
@@ -149,7 +150,8 @@ def after_training(config, vqvae, *, log=print):
         labels = np.repeat(np.arange(10), per_class).astype(np.int32)
         images = np.asarray(sample_fn(labels, key))
         viz.save_png(os.path.join(workdir, "samples.png"), viz.image_grid(images, ncols=per_class))
-        out = {"seconds_to_sample_1000": round(_sample_quality.time_sampling(sample_fn, key=key), 2),
+        n = int(config.sample.time_samples)
+        out = {f"seconds_to_sample_{n}": round(_sample_quality.time_sampling(sample_fn, num=n, key=key), 2),
                "code_grid": list(grid)}
         if config.sample.score_samples:
             from experiments.mnist_classifier import load_split
@@ -181,9 +183,9 @@ def main(argv):
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     summary = run(config, _WORKDIR.value)
-    test = summary["test"]
+    test, n = summary["test"], config.sample.time_samples
     print(f"prior test NLL {test['bits_per_code']:.3f} bits per code ({test['nll']:.2f} nats per image, "
-          f"{test['num_examples']} images); 1000 samples in {summary['seconds_to_sample_1000']} s")
+          f"{test['num_examples']} images); {n} samples in {summary[f'seconds_to_sample_{n}']} s")
     if "sample_quality" in summary:
         print(json.dumps(summary["sample_quality"]))
     print(f"-> {_WORKDIR.value}/samples.png")

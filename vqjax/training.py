@@ -341,7 +341,8 @@ def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step
     mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
     state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     mgr.close()
-    return nnx.merge(graphdef, state.params, state.rest)
+    # Host (NumPy) values, as train_and_evaluate's after_training gets: usable on any device or mesh.
+    return nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
 
 
 def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, desc: str | None = None) -> dict:
