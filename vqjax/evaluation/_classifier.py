@@ -48,21 +48,30 @@ class MNISTClassifier(nnx.Module):
         return self.out(self.features(x))
 
 
-def _batches(fn, model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    step = jax.jit(fn)
+def _batches(step, model, images: np.ndarray, batch_size: int) -> np.ndarray:
     out = [np.asarray(step(model, jnp.asarray(images[i:i + batch_size], jnp.float32)))
            for i in range(0, len(images), batch_size)]
     return np.concatenate(out)
 
 
+@jax.jit
+def _predict(model: MNISTClassifier, x: jax.Array) -> jax.Array:
+    return jnp.argmax(model(x), axis=-1)
+
+
+@jax.jit
+def _features(model: MNISTClassifier, x: jax.Array) -> jax.Array:
+    return model.features(x)
+
+
 def predict(model: MNISTClassifier, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
     """``images [N, 28, 28, 1]`` -> predicted classes ``[N]``."""
-    return _batches(lambda m, x: jnp.argmax(m(x), -1), model, images, batch_size)
+    return _batches(_predict, model, images, batch_size)
 
 
 def features(model: MNISTClassifier, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
     """``images [N, 28, 28, 1]`` -> ``[N, 128]`` penultimate-layer features."""
-    return _batches(lambda m, x: m.features(x), model, images, batch_size)
+    return _batches(_features, model, images, batch_size)
 
 
 def fit_classifier(
@@ -122,7 +131,7 @@ def load_classifier(path: str | None = None) -> MNISTClassifier:
     if not os.path.exists(path):
         raise FileNotFoundError(f"No classifier weights at {path}; train them with "
                                 "`python -m experiments.mnist_classifier --config.data.idx_dir=/path/to/mnist`.")
-    model = MNISTClassifier(rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: MNISTClassifier(rngs=nnx.Rngs(0)))  # shapes only: no initialisation
     state = nnx.state(model)
     with np.load(path) as saved:
         flat = []

@@ -110,8 +110,9 @@ class GatedPixelCNN(nnx.Module):
     Args:
       num_codes: K, the number of code values (the VQ-VAE's codebook size).
       hidden: channels of each stack.
-      num_layers: gated layers; the receptive field reaches ``num_layers · (kernel_size // 2)``
-        rows up and columns left.
+      num_layers: gated layers; with ``r = kernel_size // 2`` the receptive field reaches
+        ``num_layers · r + 1`` rows up (the vertical stack's row shift adds one) and
+        ``num_layers · r + 1`` columns left in the current row (mask A's column shift adds one).
       kernel_size: odd width of the vertical kernels (``(k//2 + 1) × k``) and twice the width
         minus one of the horizontal ones (``1 × (k//2 + 1)``).
       num_classes: > 0 for a class-conditional prior (``labels [B]`` required).
