@@ -55,9 +55,13 @@ def score(
     num_samples: int,
     cas_steps: int,
     key: jax.Array,
+    conditional: bool = True,
     log=print,
 ) -> dict:
-    """``{"model" | "real" | "uniform": {"fd", "cas"}}`` for ``num_samples`` images of each."""
+    """``{"model" | "real" | "uniform": {"fd", "cas"}}`` for ``num_samples`` images of each.
+
+    An unconditional model (``conditional=False``) gets no CAS (``None``): its samples have no class.
+    """
     labels = balanced_labels(num_samples)
     x_test, y_test = test
     rng = np.random.default_rng(0)
@@ -70,6 +74,10 @@ def score(
     result = {}
     for name, (x, y) in sets.items():
         fd = evaluation.frechet_classifier_distance(x, x_test[:num_samples], classifier=classifier)
+        if name == "model" and not conditional:
+            result[name] = {"fd": round(fd, 3), "cas": None}
+            log(f"{name}: FD {fd:.2f}  (unconditional: no CAS)")
+            continue
         cas = evaluation.classification_accuracy_score(x, y, x_test, y_test, steps=cas_steps)
         result[name] = {"fd": round(fd, 3), "cas": round(cas, 4)}
         log(f"{name}: FD {fd:.2f}  CAS {cas:.4f}")

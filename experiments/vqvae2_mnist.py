@@ -156,7 +156,7 @@ def after_training(config, vqvae2, *, log=print):
             test = load_split(config.data, "test", log=lambda m: None)[:2]
             scores = _sample_quality.score(sample_fn, uniform_fn, train=train, test=test,
                                            num_samples=int(s.score_samples), cas_steps=int(s.cas_steps), key=key,
-                                           log=log)
+                                           conditional=bool(prior.top.num_classes), log=log)
             scores.pop("samples")
             out["sample_quality"] = scores
         return out

@@ -160,7 +160,8 @@ def after_training(config, vqvae, *, log=print):
             test = load_split(config.data, "test", log=lambda s: None)[:2]
             scores = _sample_quality.score(sample_fn, uniform_fn, train=train, test=test,
                                            num_samples=int(config.sample.score_samples),
-                                           cas_steps=int(config.sample.cas_steps), key=key, log=log)
+                                           cas_steps=int(config.sample.cas_steps), key=key,
+                                           conditional=bool(prior.num_classes), log=log)
             scores.pop("samples")
             out["sample_quality"] = scores
         return out
