@@ -133,8 +133,10 @@ def test_vqvae2_experiment_runs_both_stages(idx_dir, tmp_path):
     c.prior.train.update(steps=3, log_every=1, checkpoint_every=3, eval_every=0)
     c.prior.sample.update(per_class=1, time_samples=8)  # the scores: test_unconditional_prior_...
     out = vqvae2_mnist.run(c, str(tmp_path), **QUIET)
-    prior = out["prior"]
+    prior, first = out["prior"], out["vqvae2"]["test"]
     assert prior["top_grid"] == [4, 4] and prior["bottom_grid"] == [8, 8]
+    for level in ("top", "bottom"):  # over the whole test split, from the summed counts
+        assert 1 <= first[f"perplexity_{level}"] <= 16 and 0 < first[f"used_{level}"] <= 1
     t = prior["test"]
     np.testing.assert_allclose(t["bits_per_code"], (16 * t["bits_top"] + 64 * t["bits_bottom"]) / 80, rtol=1e-5)
     assert "sample_quality" not in prior and prior["seconds_to_sample_8"] > 0

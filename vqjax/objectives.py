@@ -117,7 +117,8 @@ def vqvae2_objective(
 
     Metrics: ``loss``, ``reconstruction`` (nats per image), ``codebook``, ``commitment`` (with β),
     ``mse``, ``perplexity_top``, ``perplexity_bottom``, ``used_top``, ``used_bottom``,
-    ``restarted``, plus ``sum/*`` totals and ``weight``.
+    ``restarted``, plus ``sum/*`` totals, ``weight`` and ``counts_top``, ``counts_bottom`` (``[K]``, which
+    :func:`vqjax.training.evaluate` sums over a data set).
     """
     x = batch["image"]
     out = model(x, key=key)
@@ -130,7 +131,8 @@ def vqvae2_objective(
     for name, idx, k in (("top", out.top_indices, model.num_codes[0]), ("bottom", out.bottom_indices,
                                                                         model.num_codes[1])):
         usage = quantizers.code_usage(jnp.where((w > 0)[:, None, None], idx, k), k)
-        metrics.update({f"perplexity_{name}": usage.perplexity, f"used_{name}": usage.used_fraction})
+        metrics.update({f"perplexity_{name}": usage.perplexity, f"used_{name}": usage.used_fraction,
+                        f"counts_{name}": usage.counts})
     metrics["restarted"] = out.restarted.astype(jnp.float32)
     return metrics["loss"], metrics
 

@@ -348,6 +348,10 @@ def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step
 def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, desc: str | None = None) -> dict:
     """Metrics over the whole of ``source``: totals divided by the number of examples.
 
+    ``sum/<name>`` metrics become ``<name>`` means; ``counts`` (``[K]`` or ``[S, K]``) becomes
+    ``perplexity``, ``used_fraction`` and ``dead_codes``; ``counts_<name>`` (one more codebook, e.g.
+    VQ-VAE-2's ``counts_top``) becomes ``perplexity_<name>`` and ``used_<name>``.
+
     The last batch is padded to ``batch_size`` and masked, so every example counts once. Each
     batch gets ``"index"``: int32 ``[B]`` indices unique to each example, on one host its position
     in ``source`` (padding rows get indices past the end). With ``desc``, a progress bar on process 0.
@@ -373,7 +377,7 @@ def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, des
         batch = dict(batch, index=np.arange(first, first + local, dtype=np.int32))
         m = eval_step(state, shard_batch(batch, mesh), shard_batch(weights, mesh))
         bar.update(1)
-        keep = {k: v for k, v in m.items() if k.startswith("sum/") or k in ("weight", "counts")}
+        keep = {k: v for k, v in m.items() if k.startswith(("sum/", "counts")) or k == "weight"}
         totals = keep if not totals else jax.tree.map(jnp.add, totals, keep)
     bar.close()
     from vqjax import quantizers
@@ -386,6 +390,10 @@ def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, des
         out["used_fraction"] = float(np.mean(counts > 0))
         out["dead_codes"] = int(np.sum(counts == 0))
         out["_counts"] = counts
+    for key in sorted(k for k in totals if k.startswith("counts_")):  # one codebook each: counts_top, ...
+        name, counts = key[len("counts_"):], np.asarray(totals[key])
+        out[f"perplexity_{name}"] = float(quantizers.perplexity(counts))
+        out[f"used_{name}"] = float(np.mean(counts > 0))
     out["num_examples"] = int(weight)
     return out
 
