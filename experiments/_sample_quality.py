@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -81,5 +82,26 @@ def score(
         cas = evaluation.classification_accuracy_score(x, y, x_test, y_test, steps=cas_steps)
         result[name] = {"fd": round(fd, 3), "cas": round(cas, 4)}
         log(f"{name}: FD {fd:.2f}  CAS {cas:.4f}")
-    result["samples"] = sets["model"][0]
     return result
+
+
+def report(sample_fn: SampleFn, uniform_fn: SampleFn, sample_config, data_config, workdir: str, *,
+           key: jax.Array, conditional: bool, log=print) -> dict:
+    """What both generation experiments do after training: ``samples.png`` (``per_class`` columns, one
+    row per class), the time to sample ``time_samples`` images and, if ``score_samples``, :func:`score`."""
+    from experiments.mnist_classifier import load_split
+    from vqjax import viz
+
+    per_class = int(sample_config.per_class)
+    labels = np.repeat(np.arange(10), per_class).astype(np.int32)
+    viz.save_png(os.path.join(workdir, "samples.png"),
+                 viz.image_grid(np.asarray(sample_fn(labels, key)), ncols=per_class))
+    n = int(sample_config.time_samples)
+    out = {f"seconds_to_sample_{n}": round(time_sampling(sample_fn, num=n, key=key), 2)}
+    if sample_config.score_samples:
+        train, test = (load_split(data_config, split, log=lambda m: None)[:2] for split in ("train", "test"))
+        out["sample_quality"] = score(sample_fn, uniform_fn, train=train, test=test,
+                                      num_samples=int(sample_config.score_samples),
+                                      cas_steps=int(sample_config.cas_steps), key=key, conditional=conditional,
+                                      log=log)
+    return out

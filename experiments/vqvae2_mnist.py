@@ -135,31 +135,15 @@ def sampler(prior, vqvae2, top_grid: tuple[int, int], *, temperature: float):
 
 
 def after_training(config, vqvae2, *, log=print):
-    from vqjax import viz
-
-    s = config.prior.sample
+    """Draw ``samples.png``, time sampling, and (if asked) score the samples."""
 
     def run(prior, test_src, workdir):
         top_grid = tuple(int(d) for d in np.asarray(vqvae2.encode(jnp.zeros((1, 28, 28, 1)))[0]).shape[1:3])
-        sample_fn, uniform_fn = sampler(prior, vqvae2, top_grid, temperature=s.temperature)
-        key = jax.random.key(config.seed + 1)
-        labels = np.repeat(np.arange(10), int(s.per_class)).astype(np.int32)
-        viz.save_png(os.path.join(workdir, "samples.png"),
-                     viz.image_grid(np.asarray(sample_fn(labels, key)), ncols=int(s.per_class)))
-        n = int(s.time_samples)
-        out = {f"seconds_to_sample_{n}": round(_sample_quality.time_sampling(sample_fn, num=n, key=key), 2),
-               "top_grid": list(top_grid), "bottom_grid": [2 * top_grid[0], 2 * top_grid[1]]}
-        if s.score_samples:
-            from experiments.mnist_classifier import load_split
-
-            train = load_split(config.data, "train", log=lambda m: None)[:2]
-            test = load_split(config.data, "test", log=lambda m: None)[:2]
-            scores = _sample_quality.score(sample_fn, uniform_fn, train=train, test=test,
-                                           num_samples=int(s.score_samples), cas_steps=int(s.cas_steps), key=key,
-                                           conditional=bool(prior.top.num_classes), log=log)
-            scores.pop("samples")
-            out["sample_quality"] = scores
-        return out
+        sample_fn, uniform_fn = sampler(prior, vqvae2, top_grid, temperature=config.prior.sample.temperature)
+        out = _sample_quality.report(sample_fn, uniform_fn, config.prior.sample, config.data, workdir,
+                                     key=jax.random.key(config.seed + 1),
+                                     conditional=bool(prior.top.num_classes), log=log)
+        return dict(out, top_grid=list(top_grid), bottom_grid=[2 * top_grid[0], 2 * top_grid[1]])
 
     return run
 

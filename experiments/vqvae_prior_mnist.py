@@ -140,31 +140,14 @@ def sampler(prior, vqvae, grid: tuple[int, int], *, temperature: float):
 
 def after_training(config, vqvae, *, log=print):
     """Draw ``samples.png``, time sampling, and (if asked) score the samples."""
-    from vqjax import viz
 
     def run(prior, test_src, workdir):
         grid = tuple(int(d) for d in np.asarray(vqvae.encode(jnp.zeros((1, 28, 28, 1)))).shape[1:3])
         sample_fn, uniform_fn = sampler(prior, vqvae, grid, temperature=config.sample.temperature)
-        key = jax.random.key(config.seed + 1)
-        per_class = int(config.sample.per_class)
-        labels = np.repeat(np.arange(10), per_class).astype(np.int32)
-        images = np.asarray(sample_fn(labels, key))
-        viz.save_png(os.path.join(workdir, "samples.png"), viz.image_grid(images, ncols=per_class))
-        n = int(config.sample.time_samples)
-        out = {f"seconds_to_sample_{n}": round(_sample_quality.time_sampling(sample_fn, num=n, key=key), 2),
-               "code_grid": list(grid)}
-        if config.sample.score_samples:
-            from experiments.mnist_classifier import load_split
-
-            train = load_split(config.data, "train", log=lambda s: None)[:2]
-            test = load_split(config.data, "test", log=lambda s: None)[:2]
-            scores = _sample_quality.score(sample_fn, uniform_fn, train=train, test=test,
-                                           num_samples=int(config.sample.score_samples),
-                                           cas_steps=int(config.sample.cas_steps), key=key,
-                                           conditional=bool(prior.num_classes), log=log)
-            scores.pop("samples")
-            out["sample_quality"] = scores
-        return out
+        out = _sample_quality.report(sample_fn, uniform_fn, config.sample, config.data, workdir,
+                                     key=jax.random.key(config.seed + 1), conditional=bool(prior.num_classes),
+                                     log=log)
+        return dict(out, code_grid=list(grid))
 
     return run
 

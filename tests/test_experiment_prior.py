@@ -29,7 +29,7 @@ def vqvae_dir(idx_dir, tmp_path_factory):
     """A finished tiny VQ-VAE run (16 codes)."""
     d = str(tmp_path_factory.mktemp("vqvae"))
     c = _vqvae_config(idx_dir)
-    model_fn, objective, reconstruct, _ = vqvae_mnist.build(c)
+    model_fn, objective, *_ = vqvae_mnist.build(c)
     training.train_and_evaluate(c, d, model_fn=model_fn, objective=objective, **QUIET)
     return d
 

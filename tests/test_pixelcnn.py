@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
+from tests._numpy_init import numpy_init as _numpy_init
 from vqjax.nn import GatedPixelCNN, sample_codes
 from vqjax.nn._sampling import _sample_full, _sample_rows
 
@@ -17,25 +18,6 @@ pytestmark = pytest.mark.usefixtures("strict_promotion")  # the prior and sample
 
 K, HID, C_S = 5, 8, 3
 SHAPE = (3, 4, 5)  # (B, H, W) of the sampling tests
-
-
-def _numpy_init(make, seed):
-    """The module ``make()`` builds, with NumPy-drawn parameters (He-normal kernels, zero biases).
-
-    No test here depends on the initialisation, and JAX's eager initialisers compile one program
-    per parameter shape: ~10 s per model on a busy CPU, against a fraction of a second here."""
-    graphdef, state = nnx.split(nnx.eval_shape(make))
-    r = np.random.default_rng(seed)
-    flat = []
-    for path, v in nnx.to_flat_state(state):
-        if path[-1] == "bias":
-            x = np.zeros(v.shape)
-        elif path[-1] == "embedding":
-            x = r.normal(size=v.shape)
-        else:
-            x = r.normal(size=v.shape) * np.sqrt(2 / np.prod(v.shape[:-1]))
-        flat.append((path, v.replace(jnp.asarray(x.astype(v.dtype)))))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def _new_prior(*, num_layers=2, kernel_size=3, num_classes=0, cond_channels=0, num_codes=K, seed=0):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests._numpy_init import numpy_init as _numpy_init
 from vqjax import objectives
 from vqjax.nn import (
     VQVAE2,
@@ -25,26 +26,6 @@ pytestmark = pytest.mark.usefixtures("strict_promotion")  # the models and objec
 K_T, K_B, D = 6, 7, 4  # codebook sizes and code dimension of the small models
 H_T, W_T = 3, 3  # top grid of the hierarchical prior tests (bottom: 6x6)
 N_CLASSES = 3
-
-
-def _numpy_init(make, seed):
-    """The module ``make()`` builds, with NumPy-drawn parameters (He-normal kernels, zero biases,
-    standard-normal embeddings and codebooks).
-
-    No test here depends on the initialisation, and JAX's eager initialisers compile one program
-    per parameter shape: ~10 s per model on a busy CPU, against a fraction of a second here."""
-    graphdef, state = nnx.split(nnx.eval_shape(make))
-    r = np.random.default_rng(seed)
-    flat = []
-    for path, v in nnx.to_flat_state(state):
-        if path[-1] == "bias":
-            x = np.zeros(v.shape)
-        elif path[-1] in ("embedding", "codebook"):
-            x = r.normal(size=v.shape)
-        else:
-            x = r.normal(size=v.shape) * np.sqrt(2 / np.prod(v.shape[:-1]))
-        flat.append((path, v.replace(jnp.asarray(x.astype(v.dtype)))))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def _vqvae2(top=None, bottom=None, hidden=8):

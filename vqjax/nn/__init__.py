@@ -1,6 +1,7 @@
 """Flax NNX modules that wrap the pure core."""
 
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
+from vqjax.nn._pixelcnn import GatedLayer, GatedPixelCNN
 from vqjax.nn._quantizers import (
     QUANTIZERS,
     CodebookStatistic,
@@ -11,10 +12,9 @@ from vqjax.nn._quantizers import (
     VectorQuantizer,
     make_quantizer,
 )
+from vqjax.nn._sampling import sample_codes
 from vqjax.nn._vae import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, VAEOutput
 from vqjax.nn._vib import VIBClassifier
-from vqjax.nn._pixelcnn import GatedLayer, GatedPixelCNN
-from vqjax.nn._sampling import sample_codes
 from vqjax.nn._vqvae import VQVAE, Decoder, Encoder, VQVAEOutput
 from vqjax.nn._vqvae2 import VQVAE2, HierarchicalPrior, VQVAE2Output
 
