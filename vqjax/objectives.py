@@ -47,6 +47,20 @@ def _report(per_example: dict, w: jax.Array, total_w: jax.Array) -> dict:
     return metrics
 
 
+def _vq_loss_terms(out, x: jax.Array, *, beta: float, likelihood: str, variance: float,
+                   weights: jax.Array | None) -> tuple[dict, jax.Array]:
+    """``(metrics, w)``: the reported ``-log p(x|z_q) + codebook + β·commitment`` terms and MSE of a
+    VQ-VAE or VQ-VAE-2 output, and the ``[B]`` example weights."""
+    reconstruction = -_log_likelihood(out.logits, x, likelihood, variance)
+    w, total_w = _weights(x.shape[0], weights)
+    mse = jnp.mean(jnp.square(reconstruction_mean(out.logits, likelihood) - x), axis=(1, 2, 3))
+    commitment = beta * out.commitment_loss
+    metrics = _report({"loss": reconstruction + out.codebook_loss + commitment, "reconstruction": reconstruction,
+                       "codebook": out.codebook_loss, "commitment": commitment, "mse": mse}, w, total_w)
+    metrics["restarted"] = out.restarted.astype(jnp.float32)
+    return metrics, w
+
+
 def vqvae_objective(
     model: VQVAE,
     batch: dict,
@@ -78,15 +92,9 @@ def vqvae_objective(
       ``restarted``), plus ``sum/*`` totals, ``weight`` and ``counts`` (``[K]``, or ``[S, K]``
       per stage of residual VQ).
     """
-    x = batch["image"]
-    out = model(x, key=key)
-    reconstruction = -_log_likelihood(out.logits, x, likelihood, variance)
-    w, total_w = _weights(x.shape[0], weights)
-    mse = jnp.mean(jnp.square(reconstruction_mean(out.logits, likelihood) - x), axis=(1, 2, 3))
-    commitment = beta * out.commitment_loss
-    loss = reconstruction + out.codebook_loss + commitment
-    metrics = _report({"loss": loss, "reconstruction": reconstruction, "codebook": out.codebook_loss,
-                       "commitment": commitment, "mse": mse}, w, total_w)
+    out = model(batch["image"], key=key)
+    metrics, w = _vq_loss_terms(out, batch["image"], beta=beta, likelihood=likelihood, variance=variance,
+                                weights=weights)
     num_codes = model.num_codes
     mask = (w > 0).reshape((-1,) + (1,) * (out.indices.ndim - 1))
     idx = jnp.where(mask, out.indices, num_codes)  # padded rows: out of range, not counted
@@ -98,7 +106,6 @@ def vqvae_objective(
         usage = quantizers.code_usage(idx, num_codes)
         metrics.update(perplexity=usage.perplexity, used_fraction=usage.used_fraction,
                        dead_codes=usage.dead.astype(jnp.float32), counts=usage.counts)
-    metrics["restarted"] = out.restarted.astype(jnp.float32)
     return metrics["loss"], metrics
 
 
@@ -120,20 +127,14 @@ def vqvae2_objective(
     ``restarted``, plus ``sum/*`` totals, ``weight`` and ``counts_top``, ``counts_bottom`` (``[K]``, which
     :func:`vqjax.training.evaluate` sums over a data set).
     """
-    x = batch["image"]
-    out = model(x, key=key)
-    reconstruction = -_log_likelihood(out.logits, x, likelihood, variance)
-    w, total_w = _weights(x.shape[0], weights)
-    mse = jnp.mean(jnp.square(reconstruction_mean(out.logits, likelihood) - x), axis=(1, 2, 3))
-    commitment = beta * out.commitment_loss
-    metrics = _report({"loss": reconstruction + out.codebook_loss + commitment, "reconstruction": reconstruction,
-                       "codebook": out.codebook_loss, "commitment": commitment, "mse": mse}, w, total_w)
+    out = model(batch["image"], key=key)
+    metrics, w = _vq_loss_terms(out, batch["image"], beta=beta, likelihood=likelihood, variance=variance,
+                                weights=weights)
     for name, idx, k in (("top", out.top_indices, model.num_codes[0]), ("bottom", out.bottom_indices,
                                                                         model.num_codes[1])):
         usage = quantizers.code_usage(jnp.where((w > 0)[:, None, None], idx, k), k)
         metrics.update({f"perplexity_{name}": usage.perplexity, f"used_{name}": usage.used_fraction,
                         f"counts_{name}": usage.counts})
-    metrics["restarted"] = out.restarted.astype(jnp.float32)
     return metrics["loss"], metrics
 
 
