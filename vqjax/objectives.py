@@ -10,13 +10,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vqjax import losses, quantizers
+from vqjax import losses, proximal, quantizers
 from vqjax.nn import VAE, VQVAE, VQVAE2, GatedPixelCNN, HierarchicalPrior, VIBClassifier
 
 __all__ = [
     "vqvae_objective", "vqvae2_objective", "prior_objective", "hierarchical_prior_objective",
     "LIKELIHOODS", "reconstruction_mean",
-    "binarize", "vae_objective", "vae_iwae_objective", "vib_objective",
+    "binarize", "vae_objective", "vae_iwae_objective", "vib_objective", "oivae_objective",
 ]
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -324,3 +324,60 @@ def vib_objective(
     metrics = _report({"loss": terms.loss, "cross_entropy": terms.cross_entropy, "rate": terms.rate,
                        "accuracy": correct, "error": 1.0 - correct}, w, total_w)
     return metrics["loss"], metrics
+
+
+def oivae_objective(
+    model: VAE,
+    batch: dict,
+    *,
+    key: jax.Array,
+    group_lasso: float,
+    generator_prior_scale: float | None = 1.0,
+    dynamic_binarization: bool = False,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
+    r"""oi-VAE (Ainsworth et al., 2018): the smooth part of its objective, per image, and the rest to report.
+
+    The loss differentiated here is, per image,
+
+        -ELBO + ||θ||² / (2 σ_θ²)
+
+    with ``θ ~ N(0, σ_θ² I)`` on the group generators' weights and biases (not W), which fixes the
+    scale that ``f_g`` could otherwise take over from a shrinking ``W_g``. As in the authors' code,
+    ``log p(θ)`` is added to the per-image ELBO (a Bayesian reading of the whole data set would
+    divide it by the N training images: pass ``σ_θ √N``). The group lasso ``λ Σ_{g,j} ||w_{g,j}||₂``
+    (``group_lasso``) is left to the proximal step (:func:`vqjax.proximal.group_lasso_prox` with
+    the same λ): it is reported, not differentiated.
+
+    Args:
+      model: a :class:`vqjax.nn.VAE` whose decoder is a :class:`vqjax.nn.GroupedGenerator`.
+      group_lasso: λ (for the report; the optimizer applies it).
+      generator_prior_scale: σ_θ; None for no prior on the generators.
+
+    Returns:
+      ``(loss, metrics)``: :func:`vae_objective`'s metrics (``elbo``, ``rate``, ``distortion`` in
+      nats per image; ``loss`` now includes the generator prior) plus ``generator_prior``,
+      ``group_lasso``, ``objective`` (loss + group lasso, what the optimizer minimises) and
+      ``active_blocks`` (the fraction of nonzero ``w_{g,j}``), with ``sum/*`` totals.
+    """
+    decoder = model.decoder
+    if not hasattr(decoder, "latent_to_group_norms"):
+        raise ValueError(f"`model.decoder` must be a vqjax.nn.GroupedGenerator; got {type(decoder).__name__}.")
+    if generator_prior_scale is not None and not generator_prior_scale > 0:
+        raise ValueError(f"`generator_prior_scale` must be > 0 or None; got {generator_prior_scale!r}.")
+    if not group_lasso >= 0:
+        raise ValueError(f"`group_lasso` must be >= 0; got {group_lasso!r}.")
+    loss, metrics = vae_objective(model, batch, key=key, dynamic_binarization=dynamic_binarization,
+                                  weights=weights)
+    prior = jnp.zeros((), jnp.float32)
+    if generator_prior_scale is not None:
+        prior = decoder.generator_sum_of_squares() / (2.0 * generator_prior_scale**2)
+    lasso = jax.lax.stop_gradient(proximal.group_lasso_penalty(decoder.W, strength=group_lasso))
+    active = jnp.mean((jax.lax.stop_gradient(decoder.latent_to_group_norms()) > 0).astype(jnp.float32))
+    w, total_w = _weights(batch["image"].shape[0], weights)
+    const = {"generator_prior": prior, "group_lasso": lasso, "objective": loss + prior + lasso,
+             "active_blocks": active}
+    metrics.update(_report({k: jnp.broadcast_to(v, w.shape) for k, v in const.items()}, w, total_w))
+    metrics["loss"] = loss + prior
+    metrics["sum/loss"] = metrics["sum/loss"] + prior * jnp.sum(w)
+    return loss + prior, metrics

@@ -307,9 +307,11 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
     return {name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step: int | None = None) -> nnx.Module:
+def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step: int | None = None,
+               optimizer: Callable[[optax.Schedule], optax.GradientTransformation] | None = None) -> nnx.Module:
     """The model a :func:`train_and_evaluate` run saved in ``workdir``: ``model_fn``'s architecture
-    with the parameters and other variables of its latest checkpoint (or of ``step``).
+    with the parameters and other variables of its latest checkpoint (or of ``step``). ``optimizer``
+    is the run's (default Adam), whose state the checkpoint also holds.
 
     Raises ``FileNotFoundError`` when ``workdir`` holds no checkpoint and ``ValueError`` naming the
     first variable whose shape (or presence) differs between the checkpoint and ``model_fn``'s model.
@@ -326,7 +328,7 @@ def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step
     if step not in steps:
         raise FileNotFoundError(f"No checkpoint of step {step} in {directory}; it has steps {steps}.")
     model = model_fn(nnx.Rngs(0))
-    tx = optax.adam(optax.constant_schedule(1.0))  # the loop's optimizer structure (Adam with a schedule)
+    tx = (optimizer or optax.adam)(optax.constant_schedule(1.0))  # the loop's optimizer structure
     graphdef, target = init_train_state(model, tx, seed=0)
     saved = ocp.StandardCheckpointer().metadata(os.path.join(directory, str(step), "state"))
     saved = getattr(saved, "item_metadata", saved)
@@ -443,6 +445,7 @@ def train_and_evaluate(
     init_fn: Callable[[nnx.Module, dict, jax.Array], None] | None = None,
     eval_objectives: dict[str, tuple[Objective, int]] | None = None,
     after_training: Callable[[nnx.Module, Any, str], dict | None] | None = None,
+    optimizer: Callable[[optax.Schedule], optax.GradientTransformation] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train, checkpoint, resume, evaluate on the test split, draw pictures, write a summary.
@@ -462,7 +465,9 @@ def train_and_evaluate(
     their metrics join the ``test`` summary). Keep such a batch small enough that one step takes
     seconds: XLA:CPU aborts a collective whose devices arrive more than 40 s apart. On process 0, ``reconstruct(model, x)`` (if given) draws
     ``reconstructions.png`` and ``after_training(model, test_source, workdir)`` (if given) may draw
-    more pictures and return extra summary entries. Returns the summary dict.
+    more pictures and return extra summary entries. ``optimizer(schedule)`` builds the optimizer
+    from the learning-rate schedule (default ``optax.adam``; e.g. Adam chained with a proximal step).
+    Returns the summary dict.
     """
     from tqdm import tqdm
 
@@ -497,7 +502,7 @@ def train_and_evaluate(
     test_src = data_lib.get_source(split="test", **dict(src_kw, log=lambda s: None))
     train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=config.seed)
 
-    tx = optax.adam(learning_rate_schedule(config.optimizer, steps))
+    tx = (optimizer or optax.adam)(learning_rate_schedule(config.optimizer, steps))
     model = model_fn(nnx.Rngs(config.seed))
     if init_fn is not None:  # a resumed run overwrites this with the checkpoint
         order = np.random.default_rng(config.seed).permutation(len(train_src))[:batch_size]

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-__all__ = ["image_grid", "save_png", "reconstruction_grid", "save_usage_plot", "save_curve"]
+__all__ = ["image_grid", "save_png", "reconstruction_grid", "save_usage_plot", "save_curve", "save_heatmap"]
 
 
 def image_grid(images: np.ndarray, *, ncols: int, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:
@@ -194,6 +194,52 @@ def save_codebook_projection(
     ax.set_ylabel("PC 2")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)
+
+
+def save_heatmap(
+    path: str | os.PathLike,
+    matrix: np.ndarray,
+    *,
+    xlabels: list[str] | None = None,
+    ylabels: list[str] | None = None,
+    truth: np.ndarray | None = None,
+    title: str = "",
+) -> None:
+    """A heatmap of a non-negative ``[R, C]`` matrix, exact zeros left blank; with ``truth`` (same
+    shape, 0/1) a second panel of it, so that a learned map and the one it should recover sit side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix, np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"`matrix` must be 2-D; got shape {m.shape}.")
+    if truth is not None and np.shape(truth) != m.shape:
+        raise ValueError(f"`truth` must have the shape of `matrix` {m.shape}; got {np.shape(truth)}.")
+    panels = [(np.ma.masked_where(m == 0, m), title or "", "viridis")]
+    if truth is not None:
+        t = np.asarray(truth, np.float64)
+        panels.append((np.ma.masked_where(t == 0, t), "truth (latents matched)", "Greys"))
+    width = max(4.0, 0.32 * m.shape[1] + 1.8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), max(3.0, 0.3 * m.shape[0] + 1.5)),
+                             dpi=120, squeeze=False)
+    for ax, (data, text, cmap) in zip(axes[0], panels, strict=True):
+        image = ax.imshow(data, cmap=cmap, aspect="auto", interpolation="nearest",
+                          vmin=0.0, vmax=None if cmap == "viridis" else 1.0)
+        ax.set_facecolor("white")
+        ax.set_xticks(range(m.shape[1]), xlabels or range(m.shape[1]), rotation=90, fontsize=7)
+        ax.set_yticks(range(m.shape[0]), ylabels or range(m.shape[0]), fontsize=7)
+        ax.set_title(text, fontsize=9)
+        ax.set_xticks(np.arange(-0.5, m.shape[1]), minor=True)
+        ax.set_yticks(np.arange(-0.5, m.shape[0]), minor=True)
+        ax.grid(which="minor", color="#dddddd", linewidth=0.5)
+        ax.tick_params(which="minor", length=0)
+        if cmap == "viridis":
+            fig.colorbar(image, ax=ax, fraction=0.05)
     fig.tight_layout()
     fig.savefig(os.fspath(path))
     plt.close(fig)

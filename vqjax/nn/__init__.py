@@ -1,6 +1,7 @@
 """Flax NNX modules that wrap the pure core."""
 
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
+from vqjax.nn._oivae import LATENT_TO_GROUP, GroupedGenerator, latent_to_group_mask
 from vqjax.nn._pixelcnn import GatedLayer, GatedPixelCNN
 from vqjax.nn._quantizers import (
     QUANTIZERS,
@@ -24,4 +25,5 @@ __all__ = [
     "QuantizerOutput", "CodebookStatistic", "VectorQuantizer", "EMAVectorQuantizer", "FiniteScalarQuantizer",
     "ResidualVectorQuantizer", "QUANTIZERS", "make_quantizer", "GatedLayer", "GatedPixelCNN", "sample_codes",
     "VQVAE2", "VQVAE2Output", "HierarchicalPrior",
+    "GroupedGenerator", "latent_to_group_mask", "LATENT_TO_GROUP",
 ]
