@@ -13,6 +13,7 @@ every dimension in exactly one group, no group empty.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -61,6 +62,8 @@ def make_groups(index_lists: Sequence[Sequence[int]], num_dims: int, *,
             or len(index_lists) == 0:
         raise ValueError("`index_lists` must be a non-empty sequence of index lists, one per group; "
                          f"got {type(index_lists).__name__}.")
+    if isinstance(names, str):
+        raise ValueError(f"`names` must be a sequence of strings, one per group; got the string {names!r}.")
     names = tuple(f"group {g}" for g in range(len(index_lists))) if names is None else tuple(names)
     if len(names) != len(index_lists) or any(not isinstance(n, str) for n in names):
         raise ValueError(f"`names` must be {len(index_lists)} strings, one per group; got {names!r}.")
@@ -100,7 +103,7 @@ def make_groups(index_lists: Sequence[Sequence[int]], num_dims: int, *,
 
 
 def _check_image_shape(image_shape) -> tuple[int, int, int]:
-    shape = tuple(image_shape)
+    shape = tuple(image_shape) if np.iterable(image_shape) else (image_shape,)
     if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 1 for s in shape):
         raise ValueError(f"`image_shape` must be (H, W, C) of positive ints; got {image_shape!r}.")
     return tuple(int(s) for s in shape)
@@ -122,7 +125,7 @@ def image_regions(image_shape: tuple[int, int, int],
     lists = []
     for name, box in regions.items():
         try:
-            (r0, r1), (c0, c1) = box
+            (r0, r1), (c0, c1) = ((operator.index(a), operator.index(b)) for a, b in box)
         except (TypeError, ValueError):
             raise ValueError(f"`regions[{name!r}]` must be ((row_start, row_stop), (col_start, col_stop)); "
                              f"got {box!r}.") from None
@@ -136,7 +139,9 @@ def image_regions(image_shape: tuple[int, int, int],
 def grid_regions(image_shape: tuple[int, int, int], grid: tuple[int, int]) -> Groups:
     """An ``R × C`` grid of equal rectangles named ``"r{i}c{j}"`` (H and W divisible by R and C)."""
     h, w, _ = _check_image_shape(image_shape)
-    rows, cols = grid
+    valid = isinstance(grid, tuple | list) and len(grid) == 2 and all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) for v in grid)
+    rows, cols = grid if valid else (0, 0)  # (0, 0) falls through to the error below
     if rows < 1 or cols < 1 or h % rows or w % cols:
         raise ValueError(f"`grid` = {grid!r} must divide the {h}×{w} image into equal rectangles.")
     bh, bw = h // rows, w // cols

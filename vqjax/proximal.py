@@ -40,7 +40,7 @@ Axis = int | tuple[int, ...]
 
 
 def _axes(w: jax.Array, axis: Axis, name: str = "w") -> tuple[int, ...]:
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(axis) if isinstance(axis, tuple | list) else (axis,)
     if not axes or any(isinstance(a, bool) or not isinstance(a, int) for a in axes):
         raise ValueError(f"`axis` must be an int or a non-empty tuple of ints; got {axis!r}.")
     if any(not -w.ndim <= a < w.ndim for a in axes):
@@ -58,7 +58,7 @@ def _check_float(w: jax.Array, name: str = "w") -> None:
 
 def _safe_norm(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
     """``||w||₂`` over ``axes`` (kept), in float32 at least, with gradient 0 (not NaN) at ``w = 0``."""
-    w32 = w.astype(jnp.promote_types(w.dtype, jnp.float32))
+    w32 = w if jnp.finfo(w.dtype).bits >= 32 else w.astype(jnp.float32)
     sq = jnp.sum(jnp.square(w32), axis=axes, keepdims=True)
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
@@ -100,9 +100,8 @@ def group_soft_threshold(w: jax.Array, threshold: float | jax.Array, *, axis: Ax
     if isinstance(threshold, int | float) and threshold < 0:
         raise ValueError(f"`threshold` must be >= 0; got {threshold}.")
     norm = _safe_norm(w, axes)
-    scale = jnp.maximum(1.0 - threshold / jnp.where(norm > 0, norm, 1.0), 0.0)
-    scale = jnp.where(norm > 0, scale, 0.0)
-    return (w * scale).astype(w.dtype)
+    scale = jnp.maximum(1.0 - threshold / jnp.where(norm > 0, norm, 1.0), 0.0)  # a zero group stays 0
+    return (w.astype(scale.dtype) * scale).astype(w.dtype)
 
 
 class GroupLassoProxState(NamedTuple):
@@ -132,6 +131,8 @@ def group_lasso_prox(strength: float, learning_rate: float | optax.Schedule, *,
     if not callable(learning_rate) and (isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float)
                                         or learning_rate <= 0):
         raise ValueError(f"`learning_rate` must be a number > 0 or an optax schedule; got {learning_rate!r}.")
+
+    _axes(jnp.zeros((1,) * 32), axis)  # a malformed axis fails here, not at the first update
 
     def init(params):
         del params
