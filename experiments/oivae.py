@@ -1,16 +1,18 @@
 r"""oi-VAE (Ainsworth, Foti, Lee & Fox, 2018): grouped generators, a group-lasso latent-to-group map.
 
     python -m experiments.oivae                                      # synthetic bars, groups = rows
-    python -m experiments.oivae --config.data.dataset=mnist          # MNIST, groups = a 4×4 grid of regions
+    python -m experiments.oivae --config.data.dataset=mnist --config.model.group_lasso=3   # MNIST, 4×4 regions
     python -m experiments.oivae --config.model.group_lasso=0         # no sparsity (W still grouped)
     python -m experiments.oivae --config.data.dataset=mnist --config.model.decoder=mlp   # the plain VAE
     python -m experiments.oivae --config.lambdas='(0, 0.3, 1, 3)' --workdir=runs/oivae_sweep   # a λ sweep
 
 The generator of group g is ``f_g(W_g z)``; the columns ``w_{g,j}`` of ``W_g`` carry the group
-lasso ``λ Σ ||w_{g,j}||`` (λ per image, the paper's λ divided by N), applied as in the paper by a
-proximal step after a plain gradient step on W (``optax.sgd`` + :func:`vqjax.proximal.group_lasso_prox`,
-exact zeros), while the encoder and the generators train with Adam; the generators carry the
-Gaussian prior ``N(0, σ_θ²)``.
+lasso ``λ Σ ||w_{g,j}||``, applied by a proximal step (:func:`vqjax.proximal.group_lasso_prox`,
+exact zeros) after each gradient step on W: by default Adam's step on every parameter (proximal
+Adam; λ on the scale of Adam's normalised step), or with ``model.w_optimizer="sgd"`` the paper's
+plain gradient step of size ``w_learning_rate`` on W (ISTA; λ in nats per image) while the rest
+trains with Adam. The generators carry the Gaussian prior ``N(0, σ_θ²)``, added per image as in the
+authors' code.
 
 Defaults by data set (``"auto"`` / 0 in the config):
 
