@@ -70,7 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict({
         "decoder": "grouped",  # "grouped" (oi-VAE) or "mlp" (the plain VAE of vqjax.nn, for comparison)
         "latents": 0,  # 0: the data set's default (bars 8, MNIST 20)
-        "groups": "auto",  # "rows", "grid<R>x<C>" (e.g. grid4x4) or "auto" (bars: rows, MNIST: grid4x4)
+        # "rows", "grid<R>x<C>" (e.g. grid4x4), named regions as JSON ('{"top": [[0, 14], [0, 28]], ...}')
+        # or "auto" (bars: rows, MNIST: grid4x4)
+        "groups": "auto",
         "group_input_dim": 0,  # p; 0: default (bars 2, MNIST 8)
         "generator_hidden": "auto",  # widths of each f_g's hidden layers, e.g. "(32,)"; auto: bars 32, MNIST 64
         "encoder_hidden": 0,  # MLP encoder width; 0: default (bars 256, MNIST 500)
@@ -114,12 +116,23 @@ def resolved(config: ml_collections.ConfigDict) -> dict:
 
 
 def make_groups(spec: str, image_shape) -> groups.Groups:
-    """``"rows"`` or ``"grid<R>x<C>"`` over ``image_shape``."""
+    """``"rows"``, ``"grid<R>x<C>"`` or named regions as JSON over ``image_shape``.
+
+    Named regions: ``'{"top": [[0, 14], [0, 28]], "bottom": [[14, 28], [0, 28]]}'``, each
+    ``[[row_start, row_stop], [col_start, col_stop]]``, tiling the image (:func:`vqjax.groups.image_regions`).
+    """
     if spec == "rows":
         return groups.row_groups(image_shape)
+    if spec.lstrip().startswith("{"):
+        try:
+            regions = json.loads(spec)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`config.model.groups` is not valid JSON ({err}); got {spec!r}.") from None
+        return groups.image_regions(image_shape, regions)
     match = re.fullmatch(r"grid(\d+)x(\d+)", spec)
     if not match:
-        raise ValueError(f"`config.model.groups` must be 'rows', 'grid<R>x<C>' or 'auto'; got {spec!r}.")
+        raise ValueError("`config.model.groups` must be 'rows', 'grid<R>x<C>', named regions as JSON or 'auto'; "
+                         f"got {spec!r}.")
     return groups.grid_regions(image_shape, (int(match[1]), int(match[2])))
 
 

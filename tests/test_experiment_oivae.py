@@ -79,6 +79,15 @@ def test_lambda_sweep_writes_one_run_per_lambda(tmp_path):
     assert rows[0]["active_blocks"] == 64  # λ = 0: no column is ever thresholded
 
 
+def test_named_regions_from_the_config():
+    g = oivae.make_groups('{"top": [[0, 14], [0, 28]], "bottom": [[14, 28], [0, 28]]}', (28, 28, 1))
+    assert g.names == ("top", "bottom") and g.sizes == (392, 392)
+    with pytest.raises(ValueError, match="overlap"):
+        oivae.make_groups('{"a": [[0, 15], [0, 28]], "b": [[14, 28], [0, 28]]}', (28, 28, 1))
+    with pytest.raises(ValueError, match="not valid JSON"):
+        oivae.make_groups('{"a": [[0, 14]', (28, 28, 1))
+
+
 @pytest.mark.parametrize("change, match", [
     ({"data": {"dataset": "cifar"}}, "`config.data.dataset` must be one of"),
     ({"model": {"decoder": "conv"}}, "`config.model.decoder` must be one of"),
