@@ -3,8 +3,9 @@
     python benchmarks/oivae.py           # 100 steps per timing, median of 5
     python benchmarks/oivae.py --quick   # 20 steps, 1 timing
 
-The model is the MNIST default of ``experiments/oivae.py``: an MLP encoder (784-500-2·20), 16 groups
-(a 4×4 grid of 7×7 regions), per group ``W_g`` of 8×20 and a generator 8-64-49, Bernoulli likelihood,
+The model is the MNIST model of ``experiments/oivae.py`` at p = 8 and 64 hidden units (its defaults
+are 16 and 128): an MLP encoder (784-500-2·20), 16 groups (a 4×4 grid of 7×7 regions), per group
+``W_g`` of 8×20 and a generator 8-64-49, Bernoulli likelihood,
 the Gaussian prior on the generators (σ_θ = 10), batch 64. One step: the loss, its gradient, Adam on
 every parameter, then the group-lasso proximal step on W (λ = 3, threshold λ·η). Each variant runs in
 its own subprocess:
@@ -56,7 +57,7 @@ def setup_vqjax(steps: int):
 
     config = oivae.get_config()
     config.data.dataset = "mnist"
-    config.model.group_lasso = LAM
+    config.model.update(group_lasso=LAM, group_input_dim=P, generator_hidden=f"({HIDDEN},)")
     config.optimizer.update(learning_rate=LR, schedule="constant")
     kw = oivae.build(config)
     tx = kw["optimizer"](training.learning_rate_schedule(config.optimizer, steps))

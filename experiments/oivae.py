@@ -1,7 +1,7 @@
 r"""oi-VAE (Ainsworth, Foti, Lee & Fox, 2018): grouped generators, a group-lasso latent-to-group map.
 
     python -m experiments.oivae                                      # synthetic bars, groups = rows
-    python -m experiments.oivae --config.data.dataset=mnist --config.model.group_lasso=3   # MNIST, 4×4 regions
+    python -m experiments.oivae --config.data.dataset=mnist --config.model.group_lasso=4   # MNIST, 4×4 regions
     python -m experiments.oivae --config.model.group_lasso=0         # no sparsity (W still grouped)
     python -m experiments.oivae --config.data.dataset=mnist --config.model.decoder=mlp   # the plain VAE
     python -m experiments.oivae --config.lambdas='(0, 0.3, 1, 3)' --workdir=runs/oivae_sweep   # a λ sweep
@@ -52,7 +52,7 @@ PRESETS = {
              "binarize": False, "encoder_hidden": 256, "generator_hidden": (32,), "group_input_dim": 2,
              "generator_prior_scale": 1.0},
     "mnist": {"image_shape": (28, 28, 1), "latents": 20, "groups": "grid4x4", "likelihood": "bernoulli",
-              "binarize": True, "encoder_hidden": 500, "generator_hidden": (64,), "group_input_dim": 8,
+              "binarize": True, "encoder_hidden": 500, "generator_hidden": (128,), "group_input_dim": 16,
               "generator_prior_scale": 10.0},
 }
 DECODERS = ("grouped", "mlp")
@@ -73,8 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
         # "rows", "grid<R>x<C>" (e.g. grid4x4), named regions as JSON ('{"top": [[0, 14], [0, 28]], ...}')
         # or "auto" (bars: rows, MNIST: grid4x4)
         "groups": "auto",
-        "group_input_dim": 0,  # p; 0: default (bars 2, MNIST 8)
-        "generator_hidden": "auto",  # widths of each f_g's hidden layers, e.g. "(32,)"; auto: bars 32, MNIST 64
+        "group_input_dim": 0,  # p; 0: default (bars 2, MNIST 16)
+        "generator_hidden": "auto",  # widths of each f_g's hidden layers, e.g. "(32,)"; auto: bars 32, MNIST 128
         "encoder_hidden": 0,  # MLP encoder width; 0: default (bars 256, MNIST 500)
         "likelihood": "auto",  # bars: gaussian at the noise variance, MNIST: bernoulli
         "group_lasso": 1.0,  # λ
