@@ -130,6 +130,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_p
     assert all(np.isfinite(x).all() for x in _final_params(tmp_path, steps[-1]))
 
 
+def test_non_finite_loss_before_any_checkpoint_says_so(idx_dir, tmp_path):
+    config = _tiny_config(idx_dir, steps=30, log_every=1, checkpoint_every=100)
+    config.optimizer.update(learning_rate=1e30, warmup_steps=0)
+    model_fn, objective, reconstruct, _ = vqvae_mnist.build(config)
+    with pytest.raises(training.NonFiniteLossError, match="No checkpoint was saved before it"):
+        training.train_and_evaluate(config, str(tmp_path), model_fn=model_fn, objective=objective,
+                                    reconstruct=reconstruct, log=lambda s: None)
+
+
 def test_bad_batch_size_is_a_clear_error(idx_dir, tmp_path):
     config = _tiny_config(idx_dir)
     config.data.batch_size = 12  # not divisible by 8 devices

@@ -554,10 +554,13 @@ def train_and_evaluate(
                     bar.close()
                     mgr.wait_until_finished()
                     good = mgr.latest_step()
+                    kept = (f"The last good checkpoint (step {good}) is kept in {workdir}/checkpoints; lower the "
+                            "learning rate (--config.optimizer.learning_rate) and run again to resume from it."
+                            if good is not None else
+                            f"No checkpoint was saved before it; lower the learning rate "
+                            f"(--config.optimizer.learning_rate) and start again (remove {workdir}).")
                     raise NonFiniteLossError(
-                        f"Non-finite loss or parameters at or before step {step} (loss={losses[-1]}); stopping. The last "
-                        f"good checkpoint (step {good}) is kept in {workdir}/checkpoints; lower "
-                        "--config.optimizer.learning_rate and run again to resume from it."
+                        f"Non-finite loss or parameters at or before step {step} (loss={losses[-1]}); stopping. {kept}"
                     )
                 mlog.write(step, "train", mean)
                 bar.set_postfix(loss=f"{mean['loss']:.2f}", img_s=f"{mean['images_per_sec']:.0f}")
