@@ -270,6 +270,10 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
     """One run per λ in ``config.lambdas``: ``sweep.json`` and ``sweep.png`` (ELBO against active blocks)."""
     from vqjax import viz
 
+    if config.model.decoder != "grouped":
+        raise ValueError("`config.lambdas` sweeps the group lasso of the grouped decoder; "
+                         f"`config.model.decoder` is {config.model.decoder!r}.")
+
     def set_lambda(c, value):
         c.model.group_lasso = value
         c.lambdas = ()

@@ -77,6 +77,10 @@ def test_lambda_sweep_writes_one_run_per_lambda(tmp_path):
     assert [r["lambda"] for r in rows] == [0.0, 2.0] == [r["lambda"] for r in out["sweep"]]
     assert (tmp_path / "lambda=0" / "summary.json").exists() and (tmp_path / "sweep.png").exists()
     assert rows[0]["active_blocks"] == 64  # λ = 0: no column is ever thresholded
+    plain = _config(decoder="mlp")
+    plain.lambdas = (0.0, 1.0)
+    with pytest.raises(ValueError, match="sweeps the group lasso of the grouped decoder"):
+        oivae.run(plain, str(tmp_path / "plain"), log=lambda s: None)
 
 
 def test_named_regions_from_the_config():
