@@ -77,6 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
         "generator_hidden": "auto",  # widths of each f_g's hidden layers, e.g. "(32,)"; auto: bars 32, MNIST 128
         "encoder_hidden": 0,  # MLP encoder width; 0: default (bars 256, MNIST 500)
         "likelihood": "auto",  # bars: gaussian at the noise variance, MNIST: bernoulli
+        "variance": 0.0,  # σ² of a Gaussian likelihood; 0: the bars' noise variance 0.05² (bars), else 1
         "group_lasso": 1.0,  # λ
         # σ_θ of the generators' Gaussian prior (per image); 0: none; -1: default (bars 1, MNIST 10)
         "generator_prior_scale": -1.0,
@@ -101,7 +102,10 @@ def resolved(config: ml_collections.ConfigDict) -> dict:
     if m.decoder not in DECODERS:
         raise ValueError(f"`config.model.decoder` must be one of {DECODERS}; got {m.decoder!r}.")
     hidden = p["generator_hidden"] if m.generator_hidden == "auto" else tuple(
-        int(v) for v in re.findall(r"\d+", str(m.generator_hidden)))
+        int(v) for v in re.findall(r"-?\d+", str(m.generator_hidden)))
+    if any(h < 1 for h in hidden):
+        raise ValueError(f"`config.model.generator_hidden` must be widths >= 1, e.g. '(32,)' or '()'; "
+                         f"got {m.generator_hidden!r}.")
     out = {
         "image_shape": p["image_shape"], "binarize": p["binarize"],
         "latents": m.latents or p["latents"], "groups": p["groups"] if m.groups == "auto" else m.groups,
@@ -145,12 +149,16 @@ def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
     else:
         decoder = GroupedGenerator(make_groups(r["groups"], shape), shape, latents, group_input_dim=r["group_input_dim"],
                                    hidden=r["generator_hidden"], rngs=rngs)
-    variance = data.BARS_NOISE**2 if config.data.dataset == "bars" else 1.0
+    variance = config.model.variance or (data.BARS_NOISE**2 if config.data.dataset == "bars" else 1.0)
+    if variance < 0:
+        raise ValueError(f"`config.model.variance` must be > 0 (or 0 for the default); got {variance}.")
     return VAE(encoder, decoder, latents=latents, likelihood=r["likelihood"], variance=variance)
 
 
 def optimizer(config: ml_collections.ConfigDict):
-    """Adam on everything but W; on W a plain gradient step and the group-lasso proximal step (ISTA)."""
+    """The optimizer for ``train_and_evaluate``: with ``w_optimizer="adam"`` (default) Adam on every
+    parameter, then the group-lasso proximal step on W with Adam's learning rate (proximal Adam); with
+    ``"sgd"`` Adam on everything but W, and on W a plain gradient step and the proximal step (ISTA)."""
     m = config.model
     if config.model.decoder == "mlp":
         return optax.adam
@@ -235,7 +243,7 @@ def draw(model: VAE, test_src, workdir: str, config) -> dict:
         return out
     names = list(model.decoder.group_names)
     truth = None
-    if config.data.dataset == "bars":
+    if config.data.dataset == "bars" and names == list(groups.row_groups((8, 8, 1)).names):  # the truth's groups
         rec = evaluation.structure_recovery(norms, data.BARS_STRUCTURE)
         out["recovery"] = {"precision": rec.precision, "recall": rec.recall, "matching": list(rec.matching),
                            "true_positives": rec.true_positives, "estimated_blocks": rec.estimated_blocks,

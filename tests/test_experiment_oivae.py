@@ -41,6 +41,8 @@ def test_bars_run_writes_the_map_and_scores_it(tmp_path):
     model = training.load_model(str(tmp_path), lambda rngs: oivae.build_model(config, rngs),
                                 optimizer=oivae.optimizer(config))
     np.testing.assert_allclose(np.asarray(model.decoder.latent_to_group_norms()), norms, atol=1e-4)
+    with pytest.raises(ValueError, match="pass `optimizer=` the run's"):
+        training.load_model(str(tmp_path), lambda rngs: oivae.build_model(config, rngs))
     # A run stopped at step 3 and resumed to 6 (the masked Adam and prox states restored) ends where the
     # uninterrupted run ends.
     cut = _config()
@@ -83,6 +85,12 @@ def test_lambda_sweep_writes_one_run_per_lambda(tmp_path):
         oivae.run(plain, str(tmp_path / "plain"), log=lambda s: None)
 
 
+def test_bars_with_other_groups_train_without_a_structure_score(tmp_path):
+    s = oivae.run(_config(groups="grid2x2"), str(tmp_path))
+    assert np.array(s["latent_to_group"]).shape == (4, 8) and "recovery" not in s
+    assert (tmp_path / "heatmap.png").exists()
+
+
 def test_named_regions_from_the_config():
     g = oivae.make_groups('{"top": [[0, 14], [0, 28]], "bottom": [[14, 28], [0, 28]]}', (28, 28, 1))
     assert g.names == ("top", "bottom") and g.sizes == (392, 392)
@@ -98,6 +106,8 @@ def test_named_regions_from_the_config():
     ({"model": {"groups": "columns"}}, "`config.model.groups` must be"),
     ({"model": {"w_optimizer": "lion"}}, "`config.model.w_optimizer` must be"),
     ({"model": {"likelihood": "poisson"}}, "`config.model.likelihood` must be"),
+    ({"model": {"generator_hidden": "(32, -4)"}}, "`config.model.generator_hidden` must be widths >= 1"),
+    ({"model": {"variance": -1.0}}, "`config.model.variance` must be > 0"),
 ])
 def test_config_errors(change, match):
     c = _config()

@@ -75,6 +75,30 @@ def test_a_zero_column_cuts_the_latent_from_the_group():
     np.testing.assert_allclose(norms, np.linalg.norm(w, axis=1), rtol=1e-6)
 
 
+def test_padding_of_smaller_groups_is_zero_and_stays_out_of_the_prior():
+    dec, _ = _generator(hidden=(5,))  # group sizes 4, 5, 3: groups a and c have unused output slots
+    last = np.asarray(dec.kernels[-1][...])
+    assert np.all(last[0, :, 4:] == 0) and np.all(last[2, :, 3:] == 0) and np.all(last[1] != 0)
+    used = sum(float(np.sum(np.asarray(k[...], np.float64) ** 2)) for k in dec.kernels)
+    np.testing.assert_allclose(float(dec.generator_sum_of_squares()), used, rtol=1e-5)
+    # A training step (likelihood + prior, Adam) leaves them at exactly 0.
+    model = VAE(MLPEncoder((4, 3, 1), 3, hidden=8, rngs=nnx.Rngs(1)), dec, latents=3, likelihood="gaussian")
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    batch = {"image": jnp.asarray(np.random.default_rng(6).uniform(size=(4, 4, 3, 1)), jnp.float32)}
+
+    def loss(params):
+        return objectives.oivae_objective(nnx.merge(graphdef, params, rest), batch, key=jax.random.key(0),
+                                          group_lasso=0.1, generator_prior_scale=1.0)[0]
+
+    tx = optax.adam(1e-2)
+    state = tx.init(params)
+    for _ in range(3):
+        updates, state = tx.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    new_last = np.asarray(params["decoder"]["kernels"][1][...])
+    assert np.all(new_last[0, :, 4:] == 0) and np.all(new_last[2, :, 3:] == 0)
+
+
 def test_latent_to_group_mask_selects_w_only():
     dec, _ = _generator()
     vae = VAE(MLPEncoder((4, 3, 1), 3, hidden=8, rngs=nnx.Rngs(0)), dec, latents=3, likelihood="gaussian")

@@ -491,7 +491,7 @@ def test_prox_requires_params():
         chained.update(_grads(23), chained.init(params))
 
 
-@pytest.mark.parametrize("strength", [-1.0, -1e-9, True, "1.0", None, jnp.float32(1.0)])
+@pytest.mark.parametrize("strength", [-1.0, -1e-9, True, "1.0", None, jnp.float32(-1.0), jnp.ones(2)])
 def test_prox_rejects_bad_strength(strength):
     with pytest.raises(ValueError, match="strength"):
         group_lasso_prox(strength, 0.1)
@@ -501,6 +501,30 @@ def test_prox_rejects_bad_strength(strength):
 def test_prox_rejects_bad_learning_rate(lr):
     with pytest.raises(ValueError, match="learning_rate"):
         group_lasso_prox(1.0, lr)
+
+
+def test_prox_takes_numpy_and_jax_scalars_and_works_under_inject_hyperparams():
+    params, grads = _params(26), _grads(27)
+    want, _ = optax.chain(optax.sgd(0.1), group_lasso_prox(0.5, 0.1)).update(
+        grads, optax.chain(optax.sgd(0.1), group_lasso_prox(0.5, 0.1)).init(params), params)
+    for strength, lr in ((np.float32(0.5), np.float64(0.1)), (jnp.float32(0.5), jnp.asarray(0.1))):
+        tx = optax.chain(optax.sgd(0.1), group_lasso_prox(strength, lr))
+        got, _ = tx.update(grads, tx.init(params), params)
+        for k in params:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+    # Hyperparameters injected as state (traced inside jit): the same step.
+    inject = optax.inject_hyperparams(group_lasso_prox, static_args=("axis",))
+    tx = optax.chain(optax.sgd(0.1), inject(strength=0.5, learning_rate=0.1))
+    got, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    for k in params:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7)
+
+
+def test_tiny_groups_have_their_true_norm_and_are_thresholded_to_zero():
+    w = jnp.full((3, 2), 1e-20, jnp.float32)  # squares underflow in float32
+    np.testing.assert_allclose(np.asarray(group_norms(w)), np.sqrt(3) * 1e-20, rtol=1e-5)
+    assert np.all(np.asarray(group_soft_threshold(w, 1e-3)) == 0.0)
+    assert np.all(np.asarray(group_soft_threshold(w, 0.0)) == np.asarray(w))
 
 
 def test_prox_accepts_zero_strength_as_a_no_op_and_int_arguments():

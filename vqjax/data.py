@@ -391,7 +391,11 @@ BARS_NOISE = 0.05  # the standard deviation of the pixel noise
 
 
 def bars_images(num: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    r"""``num`` synthetic 8×8 bars images and their generating factors, as oi-VAE's bars experiment.
+    r"""``num`` synthetic 8×8 bars images and their generating factors, with a known factor-to-row map.
+
+    Our design in the spirit of oi-VAE's bars (whose authors' script lights one random row per image):
+    here several factors, some driving several rows and one row shared, so that the map to recover is
+    richer than one-to-one.
 
     Factors ``z_k ~ N(0, 1)``, k = 0..4; row g's pixels are
 

@@ -357,7 +357,8 @@ def oivae_objective(
     Returns:
       ``(loss, metrics)``: :func:`vae_objective`'s metrics (``elbo``, ``rate``, ``distortion`` in
       nats per image; ``loss`` now includes the generator prior) plus ``generator_prior``,
-      ``group_lasso``, ``objective`` (loss + group lasso, what the optimizer minimises) and
+      ``group_lasso``, ``objective`` (loss + group lasso in nats per image: what ISTA, SGD with the
+      proximal step, minimises; proximal Adam weighs λ on its own scale) and
       ``active_blocks`` (the fraction of nonzero ``w_{g,j}``), with ``sum/*`` totals.
     """
     decoder = model.decoder

@@ -57,11 +57,17 @@ def _check_float(w: jax.Array, name: str = "w") -> None:
 
 
 def _safe_norm(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """``||w||₂`` over ``axes`` (kept), in float32 at least, with gradient 0 (not NaN) at ``w = 0``."""
+    """``||w||₂`` over ``axes`` (kept), in float32 at least, with gradient 0 (not NaN) at ``w = 0``.
+
+    Computed as ``a·||w/a||`` with ``a = max|w|``, so that a group of tiny entries (below ~1e-19 in
+    float32, whose squares underflow) still has its true, nonzero norm.
+    """
     w32 = w if jnp.finfo(w.dtype).bits >= 32 else w.astype(jnp.float32)
-    sq = jnp.sum(jnp.square(w32), axis=axes, keepdims=True)
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    a = jnp.max(jnp.abs(w32), axis=axes, keepdims=True)
+    positive = a > 0
+    safe_a = jnp.where(positive, a, 1.0)
+    sq = jnp.sum(jnp.square(w32 / safe_a), axis=axes, keepdims=True)
+    return jnp.where(positive, safe_a * jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
 def group_norms(w: jax.Array, *, axis: Axis = -2) -> jax.Array:
@@ -104,6 +110,26 @@ def group_soft_threshold(w: jax.Array, threshold: float | jax.Array, *, axis: Ax
     return (w.astype(scale.dtype) * scale).astype(w.dtype)
 
 
+def _check_scalar(value, name: str, expected: str, ok) -> None:
+    """A Python, NumPy or JAX real scalar; its value is checked when it is concrete (not traced, as
+    under ``optax.inject_hyperparams``)."""
+    if isinstance(value, bool | str | bytes) or value is None:
+        raise ValueError(f"`{name}` must be {expected}; got {value!r}.")
+    try:
+        arr = jnp.asarray(value)
+    except TypeError:
+        raise ValueError(f"`{name}` must be {expected}; got {value!r}.") from None
+    if arr.ndim != 0 or not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)) \
+            or arr.dtype == jnp.bool_:
+        raise ValueError(f"`{name}` must be {expected}; got {value!r}.")
+    try:
+        concrete = float(value)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return
+    if not ok(concrete):
+        raise ValueError(f"`{name}` must be {expected}; got {value!r}.")
+
+
 class GroupLassoProxState(NamedTuple):
     count: jax.Array  # [] int32: updates done, for a learning-rate schedule
 
@@ -124,13 +150,12 @@ def group_lasso_prox(strength: float, learning_rate: float | optax.Schedule, *,
       axis: the axes of one group in every leaf (default ``-2``: columns of ``[..., p, L]``).
 
     Needs ``params`` in ``update``. Use ``optax.masked(group_lasso_prox(...), mask)`` to apply it to
-    some leaves only.
+    some leaves only, and ``optax.inject_hyperparams(group_lasso_prox, static_args=("axis",))`` to
+    change λ or η during training.
     """
-    if isinstance(strength, bool) or not isinstance(strength, int | float) or strength < 0:
-        raise ValueError(f"`strength` must be a number >= 0; got {strength!r}.")
-    if not callable(learning_rate) and (isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float)
-                                        or learning_rate <= 0):
-        raise ValueError(f"`learning_rate` must be a number > 0 or an optax schedule; got {learning_rate!r}.")
+    _check_scalar(strength, "strength", "a number >= 0", lambda v: v >= 0)
+    if not callable(learning_rate):
+        _check_scalar(learning_rate, "learning_rate", "a number > 0 or an optax schedule", lambda v: v > 0)
 
     _axes(jnp.zeros((1,) * 32), axis)  # a malformed axis fails here, not at the first update
 

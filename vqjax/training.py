@@ -341,8 +341,16 @@ def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step
                     f"{got.get(name, 'missing')} in the checkpoint and {want.get(name, 'absent')} in the model. "
                     "Build the model with the config the checkpoint was trained with.")
     mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-    state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    mgr.close()
+    try:
+        state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    except ValueError as err:
+        if "opt_state" not in str(err):
+            raise
+        raise ValueError(f"The checkpoint in {directory} (step {step}) was saved with another optimizer than "
+                         "load_model's (default Adam): pass `optimizer=` the run's, e.g. "
+                         "`experiments.oivae.optimizer(config)` for an oi-VAE run.") from None
+    finally:
+        mgr.close()
     # Host (NumPy) values, as train_and_evaluate's after_training gets: usable on any device or mesh.
     return nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
 

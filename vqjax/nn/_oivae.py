@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vqjax import proximal
@@ -82,6 +83,12 @@ class GroupedGenerator(nnx.Module):
         self.kernels = nnx.List([
             nnx.Param(jax.random.normal(keys(), (g, a, b)) / math.sqrt(a)) for a, b in itertools.pairwise(widths)
         ])
+        # A group smaller than the largest leaves output slots unused: their weights start (and, with
+        # no gradient from the likelihood and the prior's pull to 0, stay) at exactly 0.
+        used = np.zeros((g, size), np.float32)
+        for gi, n in enumerate(groups.sizes):
+            used[gi, :n] = 1.0
+        self.kernels[-1][...] = self.kernels[-1][...] * used[:, None, :]
         self.biases = nnx.List([nnx.Param(jnp.zeros((g, b))) for b in widths[1:]])
 
     @property
