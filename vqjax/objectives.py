@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vqjax import losses, proximal, quantizers
+from vqjax import losses, quantizers
 from vqjax.nn import VAE, VQVAE, VQVAE2, GatedPixelCNN, HierarchicalPrior, VIBClassifier
 
 __all__ = [
@@ -373,8 +373,9 @@ def oivae_objective(
     prior = jnp.zeros((), jnp.float32)
     if generator_prior_scale is not None:
         prior = decoder.generator_sum_of_squares() / (2.0 * generator_prior_scale**2)
-    lasso = jax.lax.stop_gradient(proximal.group_lasso_penalty(decoder.W, strength=group_lasso))
-    active = jnp.mean((jax.lax.stop_gradient(decoder.latent_to_group_norms()) > 0).astype(jnp.float32))
+    norms = jax.lax.stop_gradient(decoder.latent_to_group_norms())  # [G, L] ||w_{g,j}||, computed once
+    lasso = group_lasso * jnp.sum(norms)  # the penalty of vqjax.proximal.group_lasso_penalty
+    active = jnp.mean((norms > 0).astype(jnp.float32))
     w, total_w = _weights(batch["image"].shape[0], weights)
     const = {"generator_prior": prior, "group_lasso": lasso, "objective": loss + prior + lasso,
              "active_blocks": active}

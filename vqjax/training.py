@@ -307,11 +307,10 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
     return {name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step: int | None = None,
-               optimizer: Callable[[optax.Schedule], optax.GradientTransformation] | None = None) -> nnx.Module:
+def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step: int | None = None) -> nnx.Module:
     """The model a :func:`train_and_evaluate` run saved in ``workdir``: ``model_fn``'s architecture
-    with the parameters and other variables of its latest checkpoint (or of ``step``). ``optimizer``
-    is the run's (default Adam), whose state the checkpoint also holds.
+    with the parameters and other variables of its latest checkpoint (or of ``step``). Only those are
+    read (a partial restore), so it works whatever optimizer the run used.
 
     Raises ``FileNotFoundError`` when ``workdir`` holds no checkpoint and ``ValueError`` naming the
     first variable whose shape (or presence) differs between the checkpoint and ``model_fn``'s model.
@@ -327,13 +326,12 @@ def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step
     step = steps[-1] if step is None else step
     if step not in steps:
         raise FileNotFoundError(f"No checkpoint of step {step} in {directory}; it has steps {steps}.")
-    model = model_fn(nnx.Rngs(0))
-    tx = (optimizer or optax.adam)(optax.constant_schedule(1.0))  # the loop's optimizer structure
-    graphdef, target = init_train_state(model, tx, seed=0)
+    graphdef, params, rest = nnx.split(model_fn(nnx.Rngs(0)), nnx.Param, ...)
+    target = {"params": params, "rest": rest}
     saved = ocp.StandardCheckpointer().metadata(os.path.join(directory, str(step), "state"))
     saved = getattr(saved, "item_metadata", saved)
     for part in ("params", "rest"):
-        want, got = _shapes(getattr(target, part)), _shapes(saved[part])
+        want, got = _shapes(target[part]), _shapes(saved[part])
         for name in sorted(set(want) | set(got)):
             if want.get(name) != got.get(name):
                 raise ValueError(
@@ -341,18 +339,12 @@ def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step
                     f"{got.get(name, 'missing')} in the checkpoint and {want.get(name, 'absent')} in the model. "
                     "Build the model with the config the checkpoint was trained with.")
     mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-    try:
-        state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    except ValueError as err:
-        if "opt_state" not in str(err):
-            raise
-        raise ValueError(f"The checkpoint in {directory} (step {step}) was saved with another optimizer than "
-                         "load_model's (default Adam): pass `optimizer=` the run's, e.g. "
-                         "`experiments.oivae.optimizer(config)` for an oi-VAE run.") from None
-    finally:
-        mgr.close()
+    restore = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                     partial_restore=True)  # params and rest; not the optimizer state
+    state = mgr.restore(step, args=ocp.args.Composite(state=restore))["state"]
+    mgr.close()
     # Host (NumPy) values, as train_and_evaluate's after_training gets: usable on any device or mesh.
-    return nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
+    return nnx.merge(graphdef, jax.device_get(state["params"]), jax.device_get(state["rest"]))
 
 
 def evaluate(eval_step, state: TrainState, source, mesh, *, batch_size: int, desc: str | None = None) -> dict:

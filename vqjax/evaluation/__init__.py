@@ -11,8 +11,8 @@ from vqjax.evaluation._classifier import (
     save_classifier,
 )
 from vqjax.evaluation._frechet import frechet_distance, gaussian_statistics
-from vqjax.evaluation._structure import StructureRecovery, structure_recovery
 from vqjax.evaluation._scores import classification_accuracy_score, frechet_classifier_distance
+from vqjax.evaluation._structure import StructureRecovery, structure_recovery
 
 __all__ = [
     "MNISTClassifier", "fit_classifier", "predict", "features", "save_classifier", "load_classifier",
