@@ -27,12 +27,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import _program
-from vqjax import losses, objectives
+from experiments import _program, _reporters
+from experiments.configs import common
+from vqjax import losses, objectives, training
 from vqjax.nn import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 OBJECTIVES = ("vae", "beta_vae", "info_vae")
@@ -46,19 +46,11 @@ def get_config() -> ml_collections.ConfigDict:
     Trained with Adam at batch 64 and a cosine-decayed learning rate from 3e-3 (the example: batch
     128, constant 1e-3), which gains ~3 nats of test ELBO in the same 10 epochs.
     """
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    # One device per CPU core helps conv nets, not these MLPs (XLA's threaded matmul is as fast), and
-    # XLA:CPU can deadlock an all-reduce when a large threaded matmul shares the pool: off by default.
-    c.cpu_devices_per_core = False
-    c.data = ml_collections.ConfigDict({
-        "dataset": "mnist",
-        "idx_dir": "",  # a folder with the four MNIST IDX files; empty: TFDS, else the embedded digits
-        "tfds_data_dir": "",
-        "batch_size": 64,
-        "eval_batch_size": 500,
-        "dynamic_binarization": True,
-    })
+    c = common.base_config(
+        data={"batch_size": 64, "eval_batch_size": 500, "dynamic_binarization": True},
+        optimizer={"learning_rate": 3e-3, "schedule": "cosine"},
+        # 10 epochs of the 60,000 training digits at batch 64
+        train={"steps": 9375, "log_every": 100, "checkpoint_every": 1000})
     c.model = ml_collections.ConfigDict({
         "arch": "mlp",  # "mlp" (Flax example) or "conv"
         "latents": 20,
@@ -75,11 +67,6 @@ def get_config() -> ml_collections.ConfigDict:
         "info_lambda": 1000.0,
         "kernel": "imq",  # MMD kernel: "imq" or "rbf"
     })
-    c.optimizer = ml_collections.ConfigDict({"learning_rate": 3e-3, "warmup_steps": 0, "schedule": "cosine"})
-    c.train = ml_collections.ConfigDict({
-        "steps": 9375,  # 10 epochs of the 60,000 training digits at batch 64
-        "log_every": 100, "checkpoint_every": 1000, "keep_checkpoints": 3,
-    })
     c.eval = ml_collections.ConfigDict({
         "iwae_samples": 5000,  # 0 skips the IWAE bound
         "iwae_chunk": 100,  # samples decoded at a time
@@ -87,6 +74,12 @@ def get_config() -> ml_collections.ConfigDict:
         "traversal_range": 3.0,
     })
     return c
+
+
+def get_sweep():
+    """The β-VAE's rate-distortion curve: 6 values of β, 3 seeds (``python -m experiments.sweep``)."""
+    return training.product(training.values("model.beta", [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]),
+                            training.values("seed", [0, 1, 2]))
 
 
 def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
@@ -109,31 +102,37 @@ def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
     return VAE(enc, dec, latents=m.latents, likelihood=m.likelihood)
 
 
-def build(config: ml_collections.ConfigDict):
-    """Keyword arguments for :func:`vqjax.training.train_and_evaluate`."""
+def build(config: ml_collections.ConfigDict) -> training.Task:
+    """The loop's task: β (capacity C, InfoVAE's α and λ) and the learning rate are sweepable."""
     m, e = config.model, config.eval
     if m.objective not in OBJECTIVES:
         raise ValueError(f"`config.model.objective` must be one of {OBJECTIVES}; got {m.objective!r}.")
     if m.objective != "info_vae" and m.beta < 0:
         raise ValueError(f"`config.model.beta` must be >= 0; got {m.beta}.")
+    if m.capacity_max < 0 or m.capacity_steps < 0:
+        raise ValueError(f"`config.model.capacity_max` and `capacity_steps` must be >= 0; got {m.capacity_max} "
+                         f"and {m.capacity_steps}.")
     binarize = bool(config.data.dynamic_binarization)
-    capacity = None
-    if m.objective == "beta_vae" and m.capacity_max > 0:
-        capacity = (optax.linear_schedule(0.0, m.capacity_max, m.capacity_steps) if m.capacity_steps
-                    else optax.constant_schedule(m.capacity_max))
+    capacity = m.objective == "beta_vae" and m.capacity_max > 0
+    hparams = {"info_vae": {"model.info_alpha": m.info_alpha, "model.info_lambda": m.info_lambda},
+               "beta_vae": {"model.beta": m.beta}, "vae": {}}[m.objective]
+    if capacity:
+        hparams["model.capacity_max"] = m.capacity_max
 
-    def objective(model, batch, *, key, step, weights=None):
+    def objective(model, batch, *, key, step, hparams, weights=None):
         kw = {"key": key, "dynamic_binarization": binarize, "weights": weights}
         if m.objective == "info_vae":
-            return objectives.vae_objective(model, batch, info_alpha=m.info_alpha, info_lambda=m.info_lambda,
-                                            kernel=m.kernel, **kw)
+            return objectives.vae_objective(model, batch, info_alpha=hparams["model.info_alpha"],
+                                            info_lambda=hparams["model.info_lambda"], kernel=m.kernel, **kw)
         if m.objective == "vae":
             return objectives.vae_objective(model, batch, **kw)
-        return objectives.vae_objective(model, batch, beta=m.beta,
-                                        capacity=None if capacity is None else capacity(step), **kw)
+        c = None
+        if capacity:  # C annealed linearly from 0 to capacity_max over capacity_steps
+            c = hparams["model.capacity_max"] * (jnp.minimum(step / m.capacity_steps, 1.0) if m.capacity_steps else 1.0)
+        return objectives.vae_objective(model, batch, beta=hparams["model.beta"], capacity=c, **kw)
 
-    def iwae(model, batch, *, key, step, weights=None):
-        del step
+    def iwae(model, batch, *, key, step, hparams, weights=None):
+        del step, hparams
         return objectives.vae_iwae_objective(model, batch, key=key, num_samples=e.iwae_samples,
                                              chunk_size=e.iwae_chunk, dynamic_binarization=binarize,
                                              weights=weights)
@@ -142,16 +141,17 @@ def build(config: ml_collections.ConfigDict):
         mean, _ = model.encode(x)
         return model.mean_image(model.decode(mean))
 
-    def after_training(model, test_src, workdir):
+    def draw_pictures(model, test_src, workdir, summary):
         return draw(model, test_src, workdir, config)
 
-    return {
-        "model_fn": lambda rngs: build_model(config, rngs),
-        "objective": objective,
-        "reconstruct": reconstruct,
-        "eval_objectives": {f"IWAE S={e.iwae_samples}": (iwae, e.iwae_batch_size)} if e.iwae_samples > 0 else None,
-        "after_training": after_training,
-    }
+    return training.Task(
+        model=lambda rngs: build_model(config, rngs),
+        objective=objective,
+        hparams=hparams,
+        evaluations={f"IWAE S={e.iwae_samples}": training.Evaluation(iwae, e.iwae_batch_size)}
+        if e.iwae_samples > 0 else {},
+        reporters=(_reporters.reconstructions(reconstruct), draw_pictures),
+    )
 
 
 def draw(model: VAE, test_src, workdir: str, config) -> dict:
@@ -187,9 +187,7 @@ def draw(model: VAE, test_src, workdir: str, config) -> dict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    from vqjax import training
-
-    return training.train_and_evaluate(config, workdir, **build(config))
+    return training.train_and_evaluate(config, workdir, build(config))
 
 
 def main(argv):

@@ -4,9 +4,9 @@
     python -m experiments.vqvae_mnist --config.cpu_devices_per_core=True   # ~1.8x faster on CPU, see README
     python -m experiments.vqvae_mnist --config.train.steps=20000 --workdir=runs/long
     python -m experiments.vqvae_mnist --config.data.idx_dir=/path/to/mnist   # the four IDX files
-    python -m experiments.vqvae_mnist --config.model.quantizer=ema --config.model.dead_code_threshold=1
-    python -m experiments.vqvae_mnist --config.model.quantizer=fsq --config.model.fsq_levels=8,8,8
-    python -m experiments.vqvae_mnist --config.model.quantizer=residual --config.model.num_stages=4
+    python -m experiments.vqvae_mnist --config.model.quantizer.kind=ema --config.model.quantizer.ema.dead_code_threshold=1
+    python -m experiments.vqvae_mnist --config.model.quantizer.kind=fsq --config.model.quantizer.fsq.levels=8,8,8
+    python -m experiments.vqvae_mnist --config.model.quantizer.kind=residual --config.model.quantizer.residual.num_stages=4
 
 Running again with the same ``--workdir`` resumes from the latest checkpoint; a finished run only
 evaluates and reports. Output in the workdir: ``checkpoints/``, ``metrics.jsonl``,
@@ -27,72 +27,90 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import _program
-from vqjax import objectives
+from experiments import _program, _reporters
+from experiments.configs import common
+from vqjax import objectives, training
 from vqjax.nn import QUANTIZERS, VQVAE, FiniteScalarQuantizer, make_quantizer
+
+
+def quantizer_config() -> ml_collections.ConfigDict:
+    """``config.model.quantizer``: its ``kind`` and, grouped by the kinds that use them, its settings.
+
+    - ``codebook`` (``vq``, ``ema``, ``residual``): ``num_codes`` K (per stage), ``code_dim`` D,
+      ``cosine`` (l2-normalised codes and encoder outputs; vq, ema), ``init`` (``"uniform"``:
+      U(-1/K, 1/K) as in the paper; ``"lloyd"``: generalized Lloyd with a k-means++ start on the
+      encoder outputs of a first training batch).
+    - ``ema`` (``ema``; ``residual`` with ``residual.ema``): EMA decay γ, Laplace smoothing ε, and
+      ``dead_code_threshold`` (re-seed codes used fewer times per batch; 0: off).
+    - ``fsq`` (``fsq``): ``levels`` per channel, ``lloyd_max`` levels, ``range_loss`` (β·Σ max(|z| - 2, 0)²).
+    - ``residual`` (``residual``): ``num_stages`` codebooks, ``ema`` codebooks or not.
+    """
+    return ml_collections.ConfigDict({
+        # "vq": the paper's codebook loss; "ema": EMA cluster means (appendix A.1); "fsq": finite scalar
+        # quantization (no codebook); "residual": residual VQ with residual.num_stages codebooks.
+        "kind": "vq",
+        "codebook": {"num_codes": 512, "code_dim": 64, "cosine": False, "init": "uniform"},
+        "ema": {"decay": 0.99, "eps": 1e-5, "dead_code_threshold": 0.0},
+        "fsq": {"levels": (8, 8, 8), "lloyd_max": False, "range_loss": False},
+        "residual": {"num_stages": 4, "ema": False},
+    })
 
 
 def get_config() -> ml_collections.ConfigDict:
     """The paper's VQ-VAE (K=512, D=64, β=0.25, Adam) scaled to 28×28 digits."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    # On a CPU host, True exposes one XLA device per core and trains data-parallel over them (~1.8x
-    # faster on 2 cores), but XLA:CPU can deadlock in the gradient all-reduce (seen with FSQ and residual
-    # VQ under load; see vqjax.training.use_cpu_cores_as_devices), so it is opt-in.
-    c.cpu_devices_per_core = False
-    c.data = ml_collections.ConfigDict({
-        "dataset": "mnist",
-        "idx_dir": "",  # a folder with the four MNIST IDX files; empty: TFDS, else the embedded digits
-        "tfds_data_dir": "",  # TFDS data_dir; empty: TFDS's default (~/tensorflow_datasets)
-        "batch_size": 128,
-        "eval_batch_size": 500,
-    })
+    c = common.base_config(
+        data={"batch_size": 128, "eval_batch_size": 500},
+        optimizer={"learning_rate": 1e-3, "warmup_steps": 100},
+        train={"steps": 2000, "log_every": 50, "checkpoint_every": 500, "eval_every": 500})
     c.model = ml_collections.ConfigDict({
         "hidden": 64, "residual_hidden": 32, "num_residual": 2, "beta": 0.25, "likelihood": "bernoulli",
-        # "vq": the paper's codebook loss; "ema": EMA cluster means (appendix A.1); "fsq": finite scalar
-        # quantization (no codebook); "residual": residual VQ with num_stages codebooks.
-        "quantizer": "vq",
-        "num_codes": 512, "code_dim": 64,  # vq, ema, residual (codes per stage)
-        "cosine": False,  # vq, ema: l2-normalised codes and encoder outputs
-        "decay": 0.99, "eps": 1e-5,  # ema (and residual_ema): EMA decay γ and Laplace smoothing ε
-        "dead_code_threshold": 0.0,  # ema: re-seed codes used < this many times per batch; 0: off
-        "fsq_levels": (8, 8, 8), "lloyd_max": False,  # fsq: levels per channel; Lloyd-Max levels
-        "fsq_range_loss": False,  # fsq: β·Σ max(|z| - 2, 0)², keeps channels out of tanh saturation
-        "num_stages": 4, "residual_ema": False,  # residual
-        # "uniform": U(-1/K, 1/K) as in the paper; "lloyd": generalized Lloyd (k-means++ start) on the
-        # encoder outputs of a first batch of training data (vq, ema, residual).
-        "codebook_init": "uniform",
-    })
-    c.optimizer = ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 100})
-    c.train = ml_collections.ConfigDict({
-        "steps": 2000, "log_every": 50, "checkpoint_every": 500, "keep_checkpoints": 3, "eval_every": 500,
+        "quantizer": quantizer_config(),
     })
     return c
 
 
-def build(config: ml_collections.ConfigDict):
-    """``(model_fn, objective, reconstruct, init_fn)`` for :func:`vqjax.training.train_and_evaluate`."""
-    m = config.model
-    if m.quantizer not in QUANTIZERS:
-        raise ValueError(f"`config.model.quantizer` must be one of {QUANTIZERS}; got {m.quantizer!r}.")
-    if m.codebook_init not in ("uniform", "lloyd"):
-        raise ValueError(f"`config.model.codebook_init` must be 'uniform' or 'lloyd'; got {m.codebook_init!r}.")
-    if m.codebook_init == "lloyd" and m.quantizer == "fsq":
-        raise ValueError("`config.model.codebook_init='lloyd'` needs a codebook; FSQ has none (use 'uniform').")
+def get_sweep():
+    """β × K for the VQ-VAE (``python -m experiments.sweep``): each K is its own group of 4 β."""
+    return training.product(training.values("model.quantizer.codebook.num_codes", [64, 512]),
+                            training.values("model.beta", [0.1, 0.25, 0.5, 1.0]))
 
-    def model_fn(rngs):
-        quantizer = make_quantizer(
-            m.quantizer, num_codes=m.num_codes, code_dim=m.code_dim, cosine=m.cosine, decay=m.decay, eps=m.eps,
-            dead_code_threshold=m.dead_code_threshold, fsq_levels=tuple(m.fsq_levels), lloyd_max=m.lloyd_max,
-            fsq_range_loss=m.fsq_range_loss,
-            num_stages=m.num_stages, residual_ema=m.residual_ema, rngs=rngs)
-        return VQVAE(in_channels=1, hidden=m.hidden, residual_hidden=m.residual_hidden,
-                     num_residual=m.num_residual, quantizer=quantizer, rngs=rngs)
 
-    def objective(model, batch, *, key, step, weights=None):
+KINDS_WITH_CODEBOOK = ("vq", "ema", "residual")
+
+
+def make_model(config: ml_collections.ConfigDict, rngs) -> VQVAE:
+    """The VQ-VAE of ``config.model`` with the quantizer of ``config.model.quantizer``."""
+    m, q = config.model, config.model.quantizer
+    if q.kind not in QUANTIZERS:
+        raise ValueError(f"`config.model.quantizer.kind` must be one of {QUANTIZERS}; got {q.kind!r}.")
+    quantizer = make_quantizer(
+        q.kind, num_codes=q.codebook.num_codes, code_dim=q.codebook.code_dim, cosine=q.codebook.cosine,
+        decay=q.ema.decay, eps=q.ema.eps, dead_code_threshold=q.ema.dead_code_threshold,
+        fsq_levels=tuple(q.fsq.levels), lloyd_max=q.fsq.lloyd_max, fsq_range_loss=q.fsq.range_loss,
+        num_stages=q.residual.num_stages, residual_ema=q.residual.ema, rngs=rngs)
+    return VQVAE(in_channels=1, hidden=m.hidden, residual_hidden=m.residual_hidden,
+                 num_residual=m.num_residual, quantizer=quantizer, rngs=rngs)
+
+
+def build(config: ml_collections.ConfigDict) -> training.Task:
+    """The loop's task: β and the learning rate are sweepable; the reporters draw reconstructions,
+    code usage and the codebook projection."""
+    m, q = config.model, config.model.quantizer
+    if q.kind not in QUANTIZERS:
+        raise ValueError(f"`config.model.quantizer.kind` must be one of {QUANTIZERS}; got {q.kind!r}.")
+    if q.codebook.init not in ("uniform", "lloyd"):
+        raise ValueError(f"`config.model.quantizer.codebook.init` must be 'uniform' or 'lloyd'; got "
+                         f"{q.codebook.init!r}.")
+    if q.codebook.init == "lloyd" and q.kind not in KINDS_WITH_CODEBOOK:
+        raise ValueError("`config.model.quantizer.codebook.init='lloyd'` needs a codebook; FSQ has none "
+                         "(use 'uniform').")
+    if not m.beta >= 0:
+        raise ValueError(f"`config.model.beta` must be >= 0; got {m.beta}.")
+
+    def objective(model, batch, *, key, step, hparams, weights=None):
         del step  # no schedule
-        return objectives.vqvae_objective(model, batch, beta=m.beta, likelihood=m.likelihood, key=key,
-                                          weights=weights)
+        return objectives.vqvae_objective(model, batch, beta=hparams["model.beta"], likelihood=m.likelihood,
+                                          key=key, weights=weights)
 
     def reconstruct(model, x):
         model.eval()
@@ -102,16 +120,22 @@ def build(config: ml_collections.ConfigDict):
         """Fit the codebook to the fresh encoder's outputs on a first batch (generalized Lloyd)."""
         model.quantizer.initialize(model.encoder(jnp.asarray(batch["image"])), key)
 
-    return model_fn, objective, reconstruct, (init_codebook if m.codebook_init == "lloyd" else None)
+    return training.Task(
+        model=lambda rngs: make_model(config, rngs),
+        objective=objective,
+        hparams={"model.beta": m.beta},
+        init=init_codebook if q.codebook.init == "lloyd" else None,
+        reporters=(_reporters.reconstructions(reconstruct), _reporters.code_usage, draw_codebook),
+    )
 
 
 def codes_per_stage(config: ml_collections.ConfigDict) -> int:
     """K of the configured quantizer (FSQ: its implied codebook size ``Π L_d``)."""
-    m = config.model
-    return int(np.prod(m.fsq_levels)) if m.quantizer == "fsq" else int(m.num_codes)
+    q = config.model.quantizer
+    return int(np.prod(q.fsq.levels)) if q.kind == "fsq" else int(q.codebook.num_codes)
 
 
-def draw_codebook(model, test_src, workdir: str, *, num_images: int = 500) -> dict:
+def draw_codebook(model, test_src, workdir: str, summary: dict | None = None, *, num_images: int = 500) -> dict:
     """``codebook_projection.png``: the codes and the encoder outputs of test images in 2-D PCA."""
     from vqjax import viz
 
@@ -141,21 +165,19 @@ def draw_codebook(model, test_src, workdir: str, *, num_images: int = 500) -> di
 
 def main(argv):
     del argv
-    from vqjax import training
-
     config = _CONFIG.value
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
-    model_fn, objective, reconstruct, init_fn = build(config)
-    summary = training.train_and_evaluate(config, _WORKDIR.value, model_fn=model_fn, objective=objective,
-                                          reconstruct=reconstruct, init_fn=init_fn, after_training=draw_codebook)
-    test = summary["test"]
-    print(json.dumps({k: summary[k] for k in ("steps", "data_source", "images_per_sec",
-                                               "wall_seconds_this_run")}))
-    print(f"test: mse {test['mse']:.5f}  reconstruction {test['reconstruction']:.2f} nats  "
-          f"perplexity {test['perplexity']:.1f}  codes used {test['used_fraction']:.1%} "
-          f"({test['dead_codes']} dead)  "
-          f"({test['num_examples']} images)  -> {_WORKDIR.value}")
+    summary = training.train_and_evaluate(config, _WORKDIR.value, build(config))
+    print(json.dumps({k: summary[k] for k in ("steps", "data_source", "images_per_sec", "wall_seconds_this_run")}))
+    print(format_test(summary) + f"  -> {_WORKDIR.value}")
+
+
+def format_test(summary: dict) -> str:
+    t = summary["test"]
+    return (f"test: mse {t['mse']:.5f}  reconstruction {t['reconstruction']:.2f} nats  perplexity "
+            f"{t['perplexity']:.1f}  codes used {t['used_fraction']:.1%} ({t['dead_codes']} dead)  "
+            f"({t['num_examples']} images)")
 
 
 if __name__ == "__main__":

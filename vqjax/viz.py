@@ -243,3 +243,39 @@ def save_heatmap(
     fig.tight_layout()
     fig.savefig(os.fspath(path))
     plt.close(fig)
+
+
+def save_sweep_plot(
+    path: str | os.PathLike,
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+) -> None:
+    """One metric against one swept hyperparameter: per label, the mean over repeats (seeds) at each x
+    as a line, their min-max as a band, each run as a dot; log x when x spans more than a factor 10."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    xs_all = []
+    for label, points in series.items():
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        xs = np.unique(pts[:, 0])
+        ys = [pts[pts[:, 0] == x, 1] for x in xs]
+        line = ax.plot(xs, [y.mean() for y in ys], "-", label=label)[0]
+        ax.fill_between(xs, [y.min() for y in ys], [y.max() for y in ys], color=line.get_color(), alpha=0.2, lw=0)
+        ax.plot(pts[:, 0], pts[:, 1], "o", ms=3, color=line.get_color())
+        xs_all.extend(xs)
+    xs_all = np.asarray(xs_all)
+    if xs_all.size and xs_all.min() > 0 and xs_all.max() / xs_all.min() > 10:
+        ax.set_xscale("log")
+    _label(ax, xlabel, ylabel, title)
+    if len(series) > 1:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)

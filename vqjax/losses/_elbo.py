@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vqjax.losses._checks import check_nonnegative, check_positive_int, check_same_shape, float_dtype
+from vqjax._checks import check_nonnegative, check_positive_int, check_same_shape, float_dtype
 
 __all__ = ["elbo", "BetaVAELoss", "beta_vae_loss", "iwae_bound", "iwae_log_likelihood"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vqjax.losses._checks import (
+from vqjax._checks import (
     check_event_ndim,
     check_positive_int,
     check_same_shape,

@@ -11,7 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vqjax.losses._checks import (
+from vqjax._checks import (
     check_class_targets,
     check_event_ndim,
     check_positive_int,

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vqjax.losses._checks import check_nonnegative, check_same_shape, float_dtype
+from vqjax._checks import check_nonnegative, check_same_shape, float_dtype
 
 __all__ = ["rbf_kernel", "inverse_multiquadratic_kernel", "mmd", "InfoVAELoss", "info_vae_loss"]
 

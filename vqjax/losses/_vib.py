@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vqjax.losses._checks import check_class_targets, check_nonnegative, check_same_shape
+from vqjax._checks import check_class_targets, check_nonnegative, check_same_shape
 from vqjax.losses._likelihoods import categorical_log_likelihood
 
 __all__ = ["VIBLoss", "vib_loss"]

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vqjax.losses._checks import check_event_ndim, check_same_shape, sum_event
+from vqjax._checks import check_event_ndim, check_same_shape, sum_event
 
 __all__ = ["codebook_loss", "commitment_loss", "VQVAELoss", "vqvae_loss"]
 

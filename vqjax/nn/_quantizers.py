@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vqjax import losses, quantizers
-from vqjax.losses._checks import check_positive_int
+from vqjax._checks import check_positive_int
 
 __all__ = [
     "QuantizerOutput", "CodebookStatistic", "VectorQuantizer", "EMAVectorQuantizer",

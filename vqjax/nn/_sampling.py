@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vqjax.losses._checks import check_positive_int
+from vqjax._checks import check_positive_int
 
 __all__ = ["sample_codes"]
 

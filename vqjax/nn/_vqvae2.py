@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vqjax.losses._checks import check_positive_int
+from vqjax._checks import check_positive_int
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
 from vqjax.nn._pixelcnn import GatedPixelCNN
 from vqjax.nn._quantizers import VectorQuantizer

@@ -1,4 +1,4 @@
-"""Trace-time argument checks shared by the losses (cost nothing at run time)."""
+"""Trace-time argument checks shared by the pure core and the modules (cost nothing at run time)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Config blocks shared by every experiment program."""

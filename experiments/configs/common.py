@@ -1,0 +1,65 @@
+"""The config schema every training program shares, declared once.
+
+    c = common.base_config(batch_size=128, learning_rate=1e-3, steps=2000)
+    c.model = ml_collections.ConfigDict({...})      # the experiment's own block(s)
+
+Blocks and their fields (every one is a flag: ``--config.train.steps=500``):
+
+- ``seed``: initialisation and the randomness of training (binarization, sampling, restarts).
+- ``cpu_devices_per_core``: on a CPU host, one XLA device per core (see
+  :func:`vqjax.training.use_cpu_cores_as_devices`); off by default.
+- ``data``: ``dataset``, ``idx_dir`` (a folder of the four IDX files; empty: TFDS, else the
+  embedded digits), ``tfds_data_dir`` (empty: TFDS's default), ``seed`` (the order of the training
+  batches, apart from ``seed`` so that the runs of a sweep over ``seed`` read the same batches;
+  -1: ``seed``), ``batch_size`` (global), ``eval_batch_size``.
+- ``optimizer``: ``learning_rate`` (the peak), ``warmup_steps``, ``schedule`` (``"constant"`` or
+  ``"cosine"``).
+- ``train``: ``steps``, ``log_every``, ``checkpoint_every``, ``eval_every`` (0: only at the end),
+  ``keep_checkpoints``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def data_config(*, dataset: str = "mnist", batch_size: int = 128, eval_batch_size: int = 500,
+                **extra) -> ml_collections.ConfigDict:
+    """The ``data`` block; ``extra`` adds an experiment's own data fields (e.g. ``dynamic_binarization``)."""
+    return ml_collections.ConfigDict({
+        "dataset": dataset,
+        "idx_dir": "",  # a folder with the four MNIST IDX files; empty: TFDS, else the embedded digits
+        "tfds_data_dir": "",  # TFDS data_dir; empty: TFDS's default (~/tensorflow_datasets)
+        "seed": 0,  # order of the training batches; every run of a sweep group reads the same batches
+        "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size,
+        **extra,
+    })
+
+
+def optimizer_config(*, learning_rate: float = 1e-3, warmup_steps: int = 0,
+                     schedule: str = "constant") -> ml_collections.ConfigDict:
+    """The ``optimizer`` block: the learning rate's peak, warm-up and shape."""
+    return ml_collections.ConfigDict(
+        {"learning_rate": learning_rate, "warmup_steps": warmup_steps, "schedule": schedule})
+
+
+def train_config(*, steps: int, log_every: int = 100, checkpoint_every: int = 1000, eval_every: int = 0,
+                 keep_checkpoints: int = 3) -> ml_collections.ConfigDict:
+    """The ``train`` block: how long, and how often to log, checkpoint and evaluate."""
+    return ml_collections.ConfigDict({"steps": steps, "log_every": log_every, "checkpoint_every": checkpoint_every,
+                                      "eval_every": eval_every, "keep_checkpoints": keep_checkpoints})
+
+
+def base_config(*, data: dict | None = None, optimizer: dict | None = None, train: dict | None = None,
+                seed: int = 0) -> ml_collections.ConfigDict:
+    """``seed``, ``cpu_devices_per_core`` and the ``data``, ``optimizer`` and ``train`` blocks."""
+    c = ml_collections.ConfigDict()
+    c.seed = seed
+    # On a CPU host, True exposes one XLA device per core and trains data-parallel over them, but
+    # XLA:CPU can deadlock in the gradient all-reduce (see vqjax.training.use_cpu_cores_as_devices).
+    c.cpu_devices_per_core = False
+    c.data = data_config(**(data or {}))
+    c.optimizer = optimizer_config(**(optimizer or {}))
+    c.train = train_config(**(train or {"steps": 1000}))
+    return c

@@ -1,0 +1,171 @@
+"""Run any experiment's sweep: many runs per compiled program, one group per shape.
+
+    python -m experiments.sweep --config=experiments/vqvae_mnist.py \\
+        --sweep='model.beta=0.1,0.25,0.5,1 * seed=0,1' --workdir=runs/vqvae_beta
+    python -m experiments.sweep --config=experiments/vae_mnist.py --workdir=runs/vae_rd   # its get_sweep()
+    python -m experiments.sweep --config=experiments/vae_mnist.py --list                  # the members
+    python -m experiments.sweep --config=experiments/vae_mnist.py --sweep_index=3         # member 3 only
+    python -m experiments.sweep --config=experiments/vae_mnist.py --collect               # table of what is done
+
+``--config`` is the experiment's file (its ``get_config()``; ``--config.train.steps=500`` and other
+overrides apply to every member). ``--sweep`` is factors joined by ``*`` (their product), each
+``path=v1,v2,...``; paths joined by ``;`` in one factor are zipped. Without it the experiment's
+``get_sweep()`` is used.
+
+Runs that differ only in the seed and the experiment's hyperparameters (β, the learning rate, ...)
+train together in one program (their states stacked on a runs axis of a ``("runs", "data")`` mesh)
+and read the same batches (``config.data.seed``); runs of another shape (codebook size,
+architecture) form another group. A run that diverges is frozen and marked; the others go on.
+
+Output: ``<workdir>/<run name>/`` for each run (an ordinary run directory: ``config.json``,
+``checkpoints/``, ``metrics.jsonl``, ``summary.json``, pictures), then ``sweep.json``,
+``results.md``, ``results.csv`` and ``<metric>_vs_<hyperparameter>.png`` (seeds as spread). The
+same ``--workdir`` resumes every run exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import importlib.util
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import _program
+
+_PLACEMENT = flags.DEFINE_enum("placement", None, ["vmap", "loop"],
+                               "How a device trains its runs: vmapped (GPU/TPU default) or one after another "
+                               "(CPU default).")
+_SWEEP = flags.DEFINE_string("sweep", None, "The sweep, e.g. 'model.beta=0.1,1 * seed=0,1'; default: get_sweep().")
+_INDEX = flags.DEFINE_integer("sweep_index", None, "Train only this member (for a cluster's job arrays).")
+_LIST = flags.DEFINE_bool("list", False, "Print the members (index, name, group) and exit.")
+_COLLECT = flags.DEFINE_bool("collect", False, "Only gather the finished runs' summaries into the table and plots.")
+
+
+def experiment_module(config_path: str):
+    """The experiment program a ``--config=experiments/<name>.py`` flag points to."""
+    path = os.path.abspath(config_path.split(":")[0])
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rel = os.path.relpath(path, here)
+    if not rel.startswith("..") and rel.endswith(".py"):
+        return importlib.import_module(rel[:-3].replace(os.sep, "."))
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sweep_of(module, text: str | None):
+    from vqjax import training
+
+    if text:
+        return training.parse_sweep(text)
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"{module.__name__} has no get_sweep(): give the sweep with --sweep='path=v1,v2 * ...'.")
+    return module.get_sweep()
+
+
+def swept_paths(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r["overrides"]))
+
+
+def collect(workdir: str, members) -> list[dict]:
+    """One row per member that has a ``summary.json``: overrides, test metrics, diverged, time."""
+    rows = []
+    for m in members:
+        path = os.path.join(workdir, m.name, "summary.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            s = json.load(f)
+        sweep = s.get("sweep", {})
+        rows.append({"index": m.index, "name": m.name, "overrides": m.overrides,
+                     "diverged": bool(sweep.get("diverged", False)),
+                     "diverged_at_step": sweep.get("diverged_at_step"),
+                     "train_seconds": s.get("train_seconds_this_run"),
+                     "test": {k: v for k, v in s["test"].items() if isinstance(v, (int, float))}})
+    return rows
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_results(workdir: str, rows: list[dict], *, wall_seconds: float | None = None) -> str:
+    """``sweep.json``, ``results.md``, ``results.csv`` and the plots; returns the markdown table."""
+    from vqjax import training, viz
+
+    paths = swept_paths(rows)
+    metrics = list(dict.fromkeys(k for r in rows for k in r["test"] if k != "num_examples"))
+    training.write_json(os.path.join(workdir, "sweep.json"), {"runs": rows, "wall_seconds": wall_seconds})
+    header = [*paths, *metrics, "diverged", "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            cells = [r["overrides"].get(p, "") for p in paths] + [r["test"].get(k, "") for k in metrics] + [
+                f"at step {r['diverged_at_step']}" if r["diverged"] else "no", r["train_seconds"]]
+            w.writerow(cells)
+            lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    table = "\n".join(lines)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(table + "\n")
+    seeds = [p for p in paths if p == "seed"]
+    for x in (p for p in paths if p != "seed"):
+        others = [p for p in paths if p not in (x, *seeds)]
+        for metric in metrics:
+            series = {}
+            for r in rows:
+                if r["diverged"] or not isinstance(r["overrides"].get(x), (int, float)) or metric not in r["test"]:
+                    continue
+                label = ", ".join(f"{p}={_fmt(r['overrides'].get(p))}" for p in others) or metric
+                series.setdefault(label, []).append((r["overrides"][x], r["test"][metric]))
+            if series:
+                viz.save_sweep_plot(os.path.join(workdir, f"{metric}_vs_{x.split('.')[-1]}.png"), series,
+                                    xlabel=x, ylabel=f"test {metric}")
+    return table
+
+
+def main(argv):
+    del argv
+    import time
+
+    from vqjax import training
+
+    config = _CONFIG.value
+    module = experiment_module(config_flags.get_config_filename(flags.FLAGS["config"]))
+    _program.start(cpu_devices_per_core=config.get("cpu_devices_per_core", False),
+                   batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
+    sweep = sweep_of(module, _SWEEP.value)
+    members = training.make_members(config, sweep)
+    workdir = _WORKDIR.value or os.path.join("runs", f"sweep_{module.__name__.split('.')[-1]}")
+    if _LIST.value:
+        groups = training.group_members(members, module.build)
+        gid = {m.index: g for g, group in enumerate(groups) for m in group}
+        for m in members:
+            print(f"{m.index}\t{m.name}\tgroup {gid[m.index]}")
+        return
+    if not _COLLECT.value:
+        t0 = time.perf_counter()
+        training.train_sweep(config, sweep, workdir, module.build, index=_INDEX.value, placement=_PLACEMENT.value)
+        wall = time.perf_counter() - t0
+    else:
+        wall = None
+    import jax
+
+    if jax.process_index() == 0:
+        rows = collect(workdir, members)
+        table = write_results(workdir, rows, wall_seconds=wall if _INDEX.value is None else None)
+        print(table)
+        print(f"{len(rows)} of {len(members)} runs done -> {workdir}/results.md, results.csv, sweep.json")
+
+
+if __name__ == "__main__":
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "The experiment's file, e.g. experiments/vae_mnist.py.")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and the results go (default runs/sweep_<name>).")
+    flags.mark_flag_as_required("config")
+    app.run(main)

@@ -1,0 +1,221 @@
+"""The loop of one run: train, checkpoint, resume, evaluate on the test split, report."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vqjax.training import _checkpoints, _evaluation, _mesh, _steps
+from vqjax.training._metrics import MetricsWriter
+from vqjax.training._state import TrainState, all_finite, init_train_state
+from vqjax.training._task import LEARNING_RATE, Task, learning_rate_schedule, task_hparams
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+def check_config(config) -> None:
+    """The shared config blocks' values a loop relies on, with the flag's name in the error."""
+    steps = int(config.train.steps)
+    if steps < 1:
+        raise ValueError(f"`config.train.steps` must be >= 1; got {steps}.")
+    for name in ("log_every", "checkpoint_every"):
+        if int(config.train[name]) < 1:
+            raise ValueError(f"`config.train.{name}` must be >= 1; got {config.train[name]}.")
+    for name in ("batch_size", "eval_batch_size"):
+        if int(config.data[name]) < 1:
+            raise ValueError(f"`config.data.{name}` must be >= 1; got {config.data[name]}.")
+
+
+def sources(config, *, log=print):
+    """``(train, test)`` sources of ``config.data``."""
+    from vqjax import data as data_lib
+
+    kw = {"dataset": config.data.dataset, "idx_dir": config.data.get("idx_dir") or None,
+          "tfds_data_dir": config.data.get("tfds_data_dir") or None}
+    return (data_lib.get_source(split="train", log=log, **kw),
+            data_lib.get_source(split="test", log=lambda s: None, **kw))
+
+
+def data_seed(config) -> int:
+    """The seed of the training data's order: ``config.data.seed``, else ``config.seed``."""
+    seed = config.data.get("seed", None)
+    return int(config.seed if seed is None or seed < 0 else seed)
+
+
+def initial_state(task: Task, config, train_src, steps: int):
+    """``(graphdef, TrainState, optimizer)`` of a fresh run: the model from ``config.seed``, ``task.init`` applied."""
+    model = task.model(nnx.Rngs(int(config.seed)))
+    if task.init is not None:  # a resumed run overwrites this with the checkpoint
+        order = np.random.default_rng(data_seed(config)).permutation(len(train_src))[:int(config.data.batch_size)]
+        images = np.stack([train_src[int(i)]["image"] for i in np.sort(order)])
+        task.init(model, {"image": images.astype(np.float32) / 255.0},
+                  jax.random.fold_in(jax.random.key(int(config.seed)), 1))
+
+    def optimizer(hparams):
+        return task.optimizer(learning_rate_schedule(config.optimizer, steps, hparams.get(LEARNING_RATE)), hparams)
+
+    hp = {k: jnp.float32(v) for k, v in task_hparams(task, config).items()}
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    state = TrainState(jnp.zeros((), jnp.int32), params, rest, optimizer(hp).init(params),
+                       jax.random.key_data(jax.random.key(int(config.seed))))
+    return graphdef, state, optimizer
+
+
+def run_reporters(task: Task, model, test_src, workdir: str, summary: dict) -> None:
+    """Each reporter of ``task`` on the trained model; their entries join ``summary``."""
+    for reporter in task.reporters:
+        summary.update(reporter(model, test_src, workdir, summary) or {})
+
+
+def mean_metrics(pending: list[dict]) -> dict:
+    """The mean over logged steps of each scalar metric (``[R]`` per run for stacked runs)."""
+    return {k: np.mean(np.stack([np.asarray(m[k]) for m in pending]), axis=0) for k in pending[0]}
+
+
+def scalars(metrics: dict, ndim: int = 0) -> dict:
+    """The metrics worth a log line: no ``sum/`` or ``counts`` entries, ``ndim``-dimensional values."""
+    return {k: v for k, v in metrics.items() if "/" not in k and jnp.ndim(v) == ndim}
+
+
+def train_and_evaluate(config, workdir: str, task: Task, *, log=print) -> dict:
+    """Train one run of ``task``, checkpoint, resume, evaluate on the test split, report; the summary.
+
+    ``config`` has the shared blocks ``seed``, ``data`` (``dataset``, ``idx_dir``,
+    ``tfds_data_dir``, ``seed``, ``batch_size``, ``eval_batch_size``), ``optimizer``
+    (``learning_rate``, ``warmup_steps``, ``schedule``) and ``train`` (``steps``, ``log_every``,
+    ``checkpoint_every``, ``eval_every``, ``keep_checkpoints``), as ``experiments/configs/common.py``
+    declares them. Running again with the same ``workdir`` resumes from the latest checkpoint; a
+    finished run only evaluates and reports. A non-finite loss or parameters stop the run with
+    :class:`NonFiniteLossError` (its last good checkpoint stays).
+
+    After training the test split is evaluated with ``task.objective`` and each of
+    ``task.evaluations``; on process 0 the reporters draw pictures, and ``summary.json`` is written.
+    """
+    from tqdm import tqdm
+
+    _mesh.maybe_initialize_distributed()
+    t_start = time.perf_counter()
+    check_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:  # what load_model's callers rebuild the model from
+        _checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    steps, batch_size = int(config.train.steps), int(config.data.batch_size)
+    eval_batch_size = int(config.data.eval_batch_size)
+    mesh = _mesh.make_mesh()
+    for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if size % mesh.size:
+            raise ValueError(f"`config.data.{name}`={size} must be divisible by the number of devices {mesh.size}.")
+    from vqjax import data as data_lib
+
+    train_src, test_src = sources(config, log=log if is_main else (lambda s: None))
+    train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=data_seed(config))
+    graphdef, state, optimizer = initial_state(task, config, train_src, steps)
+    hparams = {k: jnp.float32(v) for k, v in task_hparams(task, config).items()}
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+
+    with jax.set_mesh(mesh):
+        state, hparams = _mesh.replicate((state, hparams), mesh)
+        mgr = _checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints"),
+                                              keep=int(config.train.get("keep_checkpoints", 3)))
+        latest = mgr.latest_step()
+        if latest is not None:
+            state = _mesh.replicate(_checkpoints.restore(mgr, latest, state, train_iter), mesh)
+            log(f"Resumed from the checkpoint at step {latest} in {workdir}.")
+        start = int(state.step)
+        train_step = jax.jit(_steps.train_step_fn(graphdef, optimizer, task.objective), donate_argnums=0)
+        eval_step = _steps.make_eval_step(graphdef, task.objective)
+        writer = MetricsWriter(workdir, start, enabled=is_main)
+
+        log_every, ckpt_every = int(config.train.log_every), int(config.train.checkpoint_every)
+        eval_every = int(config.train.get("eval_every", 0))
+        pending: list[dict] = []
+        t_interval, n_interval, train_seconds = time.perf_counter(), 0, 0.0
+        bar = tqdm(total=steps, initial=start, desc="train", disable=not is_main or start >= steps,
+                   dynamic_ncols=True, mininterval=1.0)
+        step = start
+        while step < steps:
+            state, metrics = train_step(state, _mesh.shard_batch(next(train_iter), mesh), hparams)
+            step += 1
+            n_interval += 1
+            pending.append(scalars(metrics))
+            bar.update(1)
+            if step % log_every == 0 or step % ckpt_every == 0 or step == steps:
+                mean = {k: float(v) for k, v in mean_metrics(pending).items()}
+                losses = np.array([float(m["loss"]) for m in pending])
+                pending = []
+                elapsed = time.perf_counter() - t_interval
+                train_seconds += elapsed
+                mean["images_per_sec"] = n_interval * batch_size / elapsed
+                t_interval, n_interval = time.perf_counter(), 0
+                # A finite loss does not prove the update after it was finite: check both.
+                if not (np.all(np.isfinite(losses)) and bool(jax.jit(all_finite)(state.params))):
+                    bar.close()
+                    mgr.wait_until_finished()
+                    raise NonFiniteLossError(_non_finite_message(step, losses[-1], mgr.latest_step(), workdir))
+                writer.write(step, "train", mean)
+                bar.set_postfix(loss=f"{mean['loss']:.2f}", img_s=f"{mean['images_per_sec']:.0f}")
+                if step % ckpt_every == 0 or step == steps:
+                    _checkpoints.save(mgr, step, state, train_iter)
+            if eval_every and step % eval_every == 0 and step < steps:
+                t_eval = time.perf_counter()
+                ev = _evaluation.evaluate(eval_step, state, test_src, mesh, batch_size=eval_batch_size, hparams=hparams)
+                ev.pop("_counts", None)
+                writer.write(step, "eval", ev)
+                t_interval += time.perf_counter() - t_eval  # evaluation time is not training time
+        bar.close()
+        mgr.wait_until_finished()
+        mgr.close()
+
+        ev = _evaluation.evaluate(eval_step, state, test_src, mesh, batch_size=eval_batch_size, hparams=hparams)
+        for name, extra in task.evaluations.items():
+            if extra.batch_size % mesh.size:
+                raise ValueError(f"The batch size {extra.batch_size} of evaluation {name!r} must be divisible "
+                                 f"by the number of devices {mesh.size}.")
+            more = _evaluation.evaluate(_steps.make_eval_step(graphdef, extra.objective), state, test_src, mesh,
+                                        batch_size=extra.batch_size, desc=f"test {name}", hparams=hparams)
+            ev.update({k: v for k, v in more.items() if k not in ("num_examples", "_counts")})
+        counts = ev.pop("_counts", None)
+        writer.write(steps, "test", ev)
+        writer.close()
+
+        summary = {
+            "steps": steps,
+            "resumed_from": latest,
+            "trained_steps_this_run": steps - start,
+            "train_seconds_this_run": round(train_seconds, 2),
+            "images_per_sec": round((steps - start) * batch_size / train_seconds, 1) if train_seconds else None,
+            "wall_seconds_this_run": None,
+            "data_source": train_src.name,
+            "train_examples": len(train_src),
+            "test_examples": len(test_src),
+            "num_devices": mesh.size,
+            "num_params": num_params,
+            "test": ev,
+            "config": config.to_dict(),
+        }
+        if is_main:
+            model = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
+            if counts is not None:
+                summary["_counts"] = counts  # for reporters of code usage; not written
+            run_reporters(task, model, test_src, workdir, summary)
+            summary.pop("_counts", None)
+            summary["wall_seconds_this_run"] = round(time.perf_counter() - t_start, 2)
+            _checkpoints.write_json(os.path.join(workdir, "summary.json"), summary)
+    return summary
+
+
+def _non_finite_message(step: int, loss: float, good: int | None, workdir: str) -> str:
+    kept = (f"The last good checkpoint (step {good}) is kept in {workdir}/checkpoints; lower the learning rate "
+            "(--config.optimizer.learning_rate) and run again to resume from it."
+            if good is not None else
+            "No checkpoint was saved before it; lower the learning rate (--config.optimizer.learning_rate) and "
+            f"start again (remove {workdir}).")
+    return f"Non-finite loss or parameters at or before step {step} (loss={loss}); stopping. {kept}"

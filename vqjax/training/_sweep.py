@@ -1,0 +1,290 @@
+"""Many runs in one program: a group of runs that share every array shape, stacked on a runs axis.
+
+The group's train states are stacked on a leading axis ``[R, ...]`` and sharded over the mesh axis
+``"runs"`` of a ``("runs", "data")`` mesh; one jitted step trains them all on the same batch, each
+with its own hyperparameters (arrays ``[R]``) and its own seed. A run that diverges is frozen and
+reported; the others go on. One Orbax checkpoint holds the stacked state, the diverged flags and the
+data iterator, so a killed group resumes every run exactly. At the end each run is written out as
+an ordinary run directory (``config.json``, ``checkpoints/``, ``metrics.jsonl``, ``summary.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from vqjax.training import _checkpoints, _evaluation, _mesh, _steps
+from vqjax.training._loop import (check_config, data_seed, initial_state, mean_metrics, run_reporters, scalars,
+                                  sources)
+from vqjax.training._metrics import MetricsWriter
+from vqjax.training._state import stack, unstack
+from vqjax.training._sweep_spec import Overrides, apply_overrides, member_name
+from vqjax.training._task import LEARNING_RATE, Task, task_hparams
+
+__all__ = ["Member", "make_members", "group_members", "default_placement", "train_group", "train_sweep"]
+
+
+@dataclasses.dataclass
+class Member:
+    """One run of a sweep: its index, name, overrides and full config."""
+
+    index: int
+    name: str
+    overrides: Overrides
+    config: object
+
+
+def make_members(base_config, sweep: Sequence[Overrides]) -> list[Member]:
+    """The sweep's runs, each ``base_config`` with its overrides (checked)."""
+    members = [Member(i, member_name(o), dict(o), apply_overrides(base_config, o)) for i, o in enumerate(sweep)]
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"The sweep has repeated members: {dup}.")
+    return members
+
+
+def sweepable(task: Task) -> set[str]:
+    """Config paths whose values a group's runs may differ in: the seed and the task's hyperparameters."""
+    return {"seed", LEARNING_RATE, *task.hparams, *task.state_hparams}
+
+
+def _without(config_dict: dict, paths: set[str]) -> dict:
+    out = json.loads(json.dumps(config_dict, default=str))
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return out
+
+
+def group_members(members: Sequence[Member], build: Callable[[object], Task]) -> list[list[Member]]:
+    """Members that differ only in sweepable paths (:func:`sweepable`) form a group, in sweep order."""
+    groups: dict[str, list[Member]] = {}
+    for m in members:
+        key = json.dumps(_without(m.config.to_dict(), sweepable(build(m.config))), sort_keys=True)
+        groups.setdefault(key, []).append(m)
+    return list(groups.values())
+
+
+def default_placement() -> str:
+    """``"loop"`` on XLA:CPU (runs one after another inside a device), ``"vmap"`` on GPU and TPU."""
+    return "loop" if jax.default_backend() == "cpu" else "vmap"
+
+
+def group_id(members: Sequence[Member]) -> str:
+    return hashlib.sha1(",".join(m.name for m in members).encode()).hexdigest()[:10]
+
+
+def _check_same_shapes(members, states) -> None:
+    ref = jax.tree_util.tree_structure(states[0]), [np.shape(x) for x in jax.tree.leaves(states[0])]
+    for m, s in zip(members[1:], states[1:]):
+        here = jax.tree_util.tree_structure(s), [np.shape(x) for x in jax.tree.leaves(s)]
+        if here != ref:
+            raise ValueError(f"Sweep member {m.name!r} has a train state of another structure or shape than "
+                             f"{members[0].name!r} although they differ only in sweepable settings; a path the "
+                             "experiment declares sweepable changes the model.")
+
+
+def train_group(members: Sequence[Member], workdir: str, build: Callable[[object], Task], *,
+                placement: str | None = None, devices: list | None = None, log=print) -> list[dict]:
+    """Train the ``members`` of one group side by side; each run's summary (in member order).
+
+    Run ``m`` is written to ``workdir/<m.name>/``; the group's checkpoints to
+    ``workdir/_groups/<id>/checkpoints``. Running again resumes.
+    """
+    from tqdm import tqdm
+
+    from vqjax import data as data_lib
+
+    t_start = time.perf_counter()
+    placement = placement or default_placement()
+    config = members[0].config
+    check_config(config)
+    is_main = jax.process_index() == 0
+    tasks = [build(m.config) for m in members]
+    steps, batch_size = int(config.train.steps), int(config.data.batch_size)
+    eval_batch_size = int(config.data.eval_batch_size)
+    mesh = _mesh.make_sweep_mesh(len(members), devices)
+    runs_axis, data_axis = mesh.shape[_mesh.RUNS_AXIS], mesh.shape[_mesh.DATA_AXIS]
+    for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if size % data_axis:
+            raise ValueError(f"`config.data.{name}`={size} must be divisible by the {data_axis} devices of each run "
+                             f"(the mesh is {runs_axis} runs x {data_axis} data).")
+    # Pad the group to a multiple of the runs axis with copies of its last run (not reported).
+    padded = list(members) + [members[-1]] * (-len(members) % runs_axis)
+    tasks += [tasks[-1]] * (len(padded) - len(members))
+    quiet = lambda s: None  # noqa: E731
+    train_src, test_src = sources(config, log=log if is_main else quiet)
+    # Every process reads the whole batch: the runs axis may span processes.
+    train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=data_seed(config),
+                                        process_index=0, process_count=1)
+    built = [initial_state(t, m.config, train_src, steps) for t, m in zip(tasks, padded)]
+    graphdef, _, optimizer = built[0]
+    _check_same_shapes(padded, [b[1] for b in built])
+    hparams = stack([{k: np.float32(v) for k, v in task_hparams(t, m.config).items()} for t, m in zip(tasks, padded)])
+    state = stack([b[1] for b in built])
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(built[0][1].params))
+    del built
+    diverged = np.zeros((len(padded),), bool)
+    runs = jax.P(_mesh.RUNS_AXIS)
+    gdir = os.path.join(workdir, "_groups", group_id(members))
+
+    with jax.set_mesh(mesh):
+        state, diverged, hparams = _mesh.put_global((state, diverged, hparams), mesh, runs)
+        mgr = _checkpoints.checkpoint_manager(os.path.join(gdir, "checkpoints"),
+                                              keep=int(config.train.get("keep_checkpoints", 3)))
+        latest = mgr.latest_step()
+        if latest is not None:
+            restored = _checkpoints.restore(mgr, latest, {"state": state, "diverged": diverged}, train_iter)
+            state, diverged = restored["state"], restored["diverged"]
+            log(f"Resumed the group of {len(members)} runs from its checkpoint at step {latest} in {gdir}.")
+        start = latest or 0
+        train_step = _steps.make_runs_train_step(graphdef, optimizer, tasks[0].objective, mesh, placement=placement)
+        eval_step = _steps.make_runs_eval_step(graphdef, tasks[0].objective, mesh, placement=placement)
+        run_dirs = [os.path.join(workdir, m.name) for m in members]
+        writers = []
+        for m, d in zip(members, run_dirs):
+            os.makedirs(d, exist_ok=True)
+            if is_main:
+                _checkpoints.write_json(os.path.join(d, "config.json"), m.config.to_dict())
+            writers.append(MetricsWriter(d, start, enabled=is_main))
+
+        def put_batch(tree):
+            return _mesh.put_global(tree, mesh, jax.P(_mesh.DATA_AXIS))
+
+        def evaluate(step_fn, size, desc=None):
+            totals = _evaluation.evaluate_totals(lambda b, w: step_fn(state, b, w, hparams), test_src, put_batch,
+                                                 batch_size=size, local=False, desc=desc)
+            totals = _mesh.to_host(totals)
+            return [_evaluation.summarize({k: v[r] for k, v in totals.items()}) for r in range(len(members))]
+
+        log_every, ckpt_every = int(config.train.log_every), int(config.train.checkpoint_every)
+        eval_every = int(config.train.get("eval_every", 0))
+        pending: list[dict] = []
+        t_interval, n_interval, train_seconds = time.perf_counter(), 0, 0.0
+        bar = tqdm(total=steps, initial=start, desc=f"train {len(members)} runs", dynamic_ncols=True,
+                   disable=not is_main or start >= steps, mininterval=1.0)
+        step = start
+        while step < steps:
+            state, diverged, metrics = train_step(state, diverged, put_batch(next(train_iter)), hparams)
+            step += 1
+            n_interval += 1
+            pending.append(scalars(metrics, ndim=1))
+            bar.update(1)
+            if step % log_every == 0 or step % ckpt_every == 0 or step == steps:
+                mean = mean_metrics(_mesh.to_host(pending))
+                pending = []
+                elapsed = time.perf_counter() - t_interval
+                train_seconds += elapsed
+                t_interval, n_interval = time.perf_counter(), 0
+                flags = _mesh.to_host(diverged)
+                for r, writer in enumerate(writers):
+                    if not flags[r]:
+                        writer.write(step, "train", {k: v[r] for k, v in mean.items()})
+                bar.set_postfix(diverged=int(flags[:len(members)].sum()))
+                if step % ckpt_every == 0 or step == steps:
+                    _checkpoints.save(mgr, step, {"state": state, "diverged": diverged}, train_iter)
+            if eval_every and step % eval_every == 0 and step < steps:
+                t_eval = time.perf_counter()
+                for writer, ev in zip(writers, evaluate(eval_step, eval_batch_size)):
+                    ev.pop("_counts", None)
+                    writer.write(step, "eval", ev)
+                t_interval += time.perf_counter() - t_eval
+        bar.close()
+        mgr.wait_until_finished()
+        mgr.close()
+
+        tests = evaluate(eval_step, eval_batch_size)
+        for name, extra in tasks[0].evaluations.items():
+            if extra.batch_size % data_axis:
+                raise ValueError(f"The batch size {extra.batch_size} of evaluation {name!r} must be divisible by the "
+                                 f"{data_axis} devices of each run.")
+            more = evaluate(_steps.make_runs_eval_step(graphdef, extra.objective, mesh, placement=placement),
+                            extra.batch_size, desc=f"test {name}")
+            for ev, mo in zip(tests, more):
+                ev.update({k: v for k, v in mo.items() if k not in ("num_examples", "_counts")})
+        host_state, flags = _mesh.to_host((state, diverged))
+
+    summaries = []
+    seconds_per_run = train_seconds / len(members)
+    for r, (m, d, writer, ev) in enumerate(zip(members, run_dirs, writers, tests)):
+        counts = ev.pop("_counts", None)
+        writer.write(steps, "test", ev)
+        writer.close()
+        run_state = unstack(host_state, r)
+        summary = {
+            "steps": steps,
+            "resumed_from": latest,
+            "trained_steps_this_run": steps - start,
+            "train_seconds_this_run": round(seconds_per_run, 2),
+            "images_per_sec": round((steps - start) * batch_size / seconds_per_run, 1) if seconds_per_run else None,
+            "wall_seconds_this_run": round(time.perf_counter() - t_start, 2),
+            "data_source": train_src.name,
+            "train_examples": len(train_src),
+            "test_examples": len(test_src),
+            "num_devices": mesh.size,
+            "num_params": num_params,
+            "sweep": {"name": m.name, "index": m.index, "overrides": m.overrides, "group": group_id(members),
+                      "group_size": len(members), "mesh": dict(mesh.shape), "placement": placement,
+                      "diverged": bool(flags[r]), "diverged_at_step": int(run_state.step) + 1 if flags[r] else None,
+                      "last_finite_step": int(run_state.step)},
+            "test": ev,
+            "config": m.config.to_dict(),
+        }
+        _write_run_checkpoint(d, run_state, steps, train_iter, keep=1)
+        if is_main:
+            model = nnx.merge(graphdef, run_state.params, run_state.rest)
+            if counts is not None:
+                summary["_counts"] = counts
+            run_reporters(tasks[r], model, test_src, d, summary)
+            summary.pop("_counts", None)
+            _checkpoints.write_json(os.path.join(d, "summary.json"), summary)
+        summaries.append(summary)
+    return summaries
+
+
+def _write_run_checkpoint(run_dir: str, state, step: int, data_iter, keep: int) -> None:
+    """An ordinary run's checkpoint of one sweep member, which ``load_model`` and a run alone resume from.
+
+    The group's data iterator is the one a single-process run alone of the same config would have.
+    """
+    mgr = _checkpoints.checkpoint_manager(os.path.join(run_dir, "checkpoints"), keep=keep)
+    if mgr.latest_step() != step:
+        _checkpoints.save(mgr, step, state, data_iter)
+    mgr.wait_until_finished()
+    mgr.close()
+
+
+def train_sweep(base_config, sweep: Sequence[Overrides], workdir: str, build: Callable[[object], Task], *,
+                index: int | None = None, placement: str | None = None, log=print) -> list[dict]:
+    """Train every member of ``sweep`` (or only member ``index``), group by group; the summaries.
+
+    Members that differ only in the seed and the task's hyperparameters share one compiled program
+    (:func:`group_members`); each group is trained by :func:`train_group`. All runs of a group read
+    the same batches, in the order of ``config.data.seed``.
+    """
+    _mesh.maybe_initialize_distributed()
+    members = make_members(base_config, sweep)
+    if index is not None:
+        if not 0 <= index < len(members):
+            raise ValueError(f"`--sweep_index` must be in [0, {len(members)}); got {index}.")
+        members = [members[index]]
+    groups = group_members(members, build)
+    log(f"{len(members)} runs in {len(groups)} group(s) of {[len(g) for g in groups]} on {jax.device_count()} "
+        f"device(s), placement {placement or default_placement()!r}.")
+    out: dict[int, dict] = {}
+    for g in groups:
+        for m, s in zip(g, train_group(g, workdir, build, placement=placement, log=log)):
+            out[m.index] = s
+    return [out[m.index] for m in members]
