@@ -5,6 +5,7 @@ r"""oi-VAE (Ainsworth, Foti, Lee & Fox, 2018): grouped generators, a group-lasso
     python -m experiments.oivae --config.model.group_lasso=0         # no sparsity (W still grouped)
     python -m experiments.oivae --config.data.dataset=mnist --config.model.decoder=mlp   # the plain VAE
     python -m experiments.oivae --config.lambdas='(0, 0.3, 1, 3)' --workdir=runs/oivae_sweep   # a λ sweep
+    python -m experiments.sweep --config=experiments/oivae.py --workdir=runs/oivae_sweep    # get_sweep()'s λ
 
 The generator of group g is ``f_g(W_g z)``; the columns ``w_{g,j}`` of ``W_g`` carry the group
 lasso ``λ Σ ||w_{g,j}||``, applied by a proximal step (:func:`vqjax.proximal.group_lasso_prox`,
@@ -25,8 +26,10 @@ Defaults by data set (``"auto"`` / 0 in the config):
 Output in the workdir: checkpoints, ``metrics.jsonl``, ``reconstructions.png``, ``heatmap.png``
 (``||w_{g,j}||``, latents × groups, exact zeros blank; for bars beside the truth),
 ``traversals.png`` (one row per latent: the decoded mean as ``z_j`` sweeps ±3, and last the pixels
-it moves) and ``summary.json``. With ``config.lambdas`` one run per λ in ``<workdir>/lambda=<λ>``
-and ``sweep.json`` / ``sweep.png`` (ELBO against the fraction of active blocks).
+it moves) and ``summary.json``. With ``config.lambdas`` one run per λ in
+``<workdir>/model.group_lasso=<λ>``, trained side by side in one compiled program
+(:func:`vqjax.training.train_sweep`: states stacked, the same batches; the group's checkpoints in
+``<workdir>/_groups/``), then ``sweep.json`` / ``sweep.png`` (ELBO against the fraction of active blocks).
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import _program
-from vqjax import data, groups, objectives, proximal
+from experiments import _program, _reporters
+from experiments.configs import common
+from vqjax import data, groups, objectives, proximal, training
 from vqjax.nn import VAE, GroupedGenerator, MLPDecoder, MLPEncoder, latent_to_group_mask
 
 PRESETS = {
@@ -56,17 +60,15 @@ PRESETS = {
               "generator_prior_scale": 10.0},
 }
 DECODERS = ("grouped", "mlp")
+LAMBDAS = (0.0, 0.3, 0.5, 1.0, 1.5)  # the bars' λ sweep of the README
+GROUP_LASSO = "model.group_lasso"
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.cpu_devices_per_core = False
-    c.data = ml_collections.ConfigDict({
-        "dataset": "bars",  # "bars" (synthetic, known structure) or "mnist"
-        "idx_dir": "", "tfds_data_dir": "",
-        "batch_size": 64, "eval_batch_size": 512,
-    })
+    c = common.base_config(
+        data={"dataset": "bars", "batch_size": 64, "eval_batch_size": 512},  # "bars" (known structure) or "mnist"
+        optimizer={"learning_rate": 1e-3, "warmup_steps": 0, "schedule": "cosine"},
+        train={"steps": 10000, "log_every": 500, "checkpoint_every": 2000, "keep_checkpoints": 2})
     c.model = ml_collections.ConfigDict({
         "decoder": "grouped",  # "grouped" (oi-VAE) or "mlp" (the plain VAE of vqjax.nn, for comparison)
         "latents": 0,  # 0: the data set's default (bars 8, MNIST 20)
@@ -78,7 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
         "encoder_hidden": 0,  # MLP encoder width; 0: default (bars 256, MNIST 500)
         "likelihood": "auto",  # bars: gaussian at the noise variance, MNIST: bernoulli
         "variance": 0.0,  # σ² of a Gaussian likelihood; 0: the bars' noise variance 0.05² (bars), else 1
-        "group_lasso": 1.0,  # λ
+        "group_lasso": 1.0,  # λ (sweepable: a λ sweep shares one compiled program)
         # σ_θ of the generators' Gaussian prior (per image); 0: none; -1: default (bars 1, MNIST 10)
         "generator_prior_scale": -1.0,
         # How W steps: "adam" (Adam's step on every parameter, then the proximal step with Adam's
@@ -87,11 +89,13 @@ def get_config() -> ml_collections.ConfigDict:
         "w_optimizer": "adam",
         "w_learning_rate": 1e-4,  # η of W with w_optimizer="sgd"
     })
-    c.optimizer = ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 0, "schedule": "cosine"})
-    c.train = ml_collections.ConfigDict({"steps": 10000, "log_every": 500, "checkpoint_every": 2000,
-                                         "keep_checkpoints": 2})
-    c.lambdas = ()  # a λ sweep: one run per value in <workdir>/lambda=<λ>
+    c.lambdas = ()  # a λ sweep: one run per value in <workdir>/model.group_lasso=<λ>
     return c
+
+
+def get_sweep():
+    """The bars' λ sweep (``python -m experiments.sweep --config=experiments/oivae.py``)."""
+    return training.values(GROUP_LASSO, LAMBDAS)
 
 
 def resolved(config: ml_collections.ConfigDict) -> dict:
@@ -155,22 +159,26 @@ def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
     return VAE(encoder, decoder, latents=latents, likelihood=r["likelihood"], variance=variance)
 
 
-def optimizer(config: ml_collections.ConfigDict):
-    """The optimizer for ``train_and_evaluate``: with ``w_optimizer="adam"`` (default) Adam on every
-    parameter, then the group-lasso proximal step on W with Adam's learning rate (proximal Adam); with
-    ``"sgd"`` Adam on everything but W, and on W a plain gradient step and the proximal step (ISTA)."""
+def check_optimizer(config: ml_collections.ConfigDict) -> None:
     m = config.model
-    if config.model.decoder == "mlp":
-        return optax.adam
     if not m.group_lasso >= 0 or not m.w_learning_rate > 0:
         raise ValueError(f"`config.model.group_lasso` must be >= 0 and `w_learning_rate` > 0; got "
                          f"{m.group_lasso} and {m.w_learning_rate}.")
-
     if m.w_optimizer not in ("adam", "sgd"):
         raise ValueError(f"`config.model.w_optimizer` must be 'adam' or 'sgd'; got {m.w_optimizer!r}.")
 
-    def make(schedule):
-        lam = float(m.group_lasso)
+
+def optimizer(config: ml_collections.ConfigDict):
+    """The task's ``optimizer(schedule, hparams)`` of the grouped decoder: with ``w_optimizer="adam"``
+    (default) Adam on every parameter, then the group-lasso proximal step on W with Adam's learning
+    rate (proximal Adam); with ``"sgd"`` Adam on everything but W, and on W a plain gradient step of
+    size ``w_learning_rate`` and the proximal step (ISTA). λ is ``hparams["model.group_lasso"]``
+    (per run in a sweep); ``w_learning_rate`` is fixed."""
+    m = config.model
+    check_optimizer(config)
+
+    def make(schedule, hparams):
+        lam = hparams[GROUP_LASSO]
         if m.w_optimizer == "adam":
             prox = proximal.group_lasso_prox(lam, schedule)
             return optax.chain(optax.adam(schedule), optax.masked(prox, latent_to_group_mask))
@@ -178,36 +186,58 @@ def optimizer(config: ml_collections.ConfigDict):
         def not_w(params):
             return jax.tree.map(lambda b: not b, latent_to_group_mask(params))
 
-        w_step = optax.chain(optax.sgd(m.w_learning_rate), proximal.group_lasso_prox(lam, float(m.w_learning_rate)))
+        eta = float(m.w_learning_rate)
+        w_step = optax.chain(optax.sgd(eta), proximal.group_lasso_prox(lam, eta))
         return optax.chain(optax.masked(optax.adam(schedule), not_w), optax.masked(w_step, latent_to_group_mask))
 
     return make
 
 
-def build(config: ml_collections.ConfigDict) -> dict:
-    """Keyword arguments for :func:`vqjax.training.train_and_evaluate`."""
+def build(config: ml_collections.ConfigDict) -> training.Task:
+    """The loop's task. With the grouped decoder λ (``model.group_lasso``) and the learning rate are
+    sweepable; the plain MLP decoder trains the VAE with Adam. The reporters draw the
+    reconstructions, the heatmap and the traversals."""
     r, m = resolved(config), config.model
+    grouped = m.decoder == "grouped"
+    if grouped:
+        check_optimizer(config)
 
-    def objective(model, batch, *, key, step, weights=None):
+    def objective(model, batch, *, key, step, hparams, weights=None):
         del step
-        if m.decoder == "mlp":
+        if not grouped:
             return objectives.vae_objective(model, batch, key=key, dynamic_binarization=r["binarize"], weights=weights)
-        return objectives.oivae_objective(model, batch, key=key, group_lasso=m.group_lasso,
-                                          generator_prior_scale=r["generator_prior_scale"] or None,
-                                          dynamic_binarization=r["binarize"],
-                                          weights=weights)
+        # oivae_objective checks `group_lasso >= 0` in Python, which a traced λ cannot pass; the
+        # reported penalty is linear in λ (the loss does not depend on it): evaluate it at λ = 1 and scale.
+        # TODO: pass group_lasso=hparams[GROUP_LASSO] once oivae_objective takes a traced λ.
+        loss, metrics = objectives.oivae_objective(model, batch, key=key, group_lasso=1.0,
+                                                   generator_prior_scale=r["generator_prior_scale"] or None,
+                                                   dynamic_binarization=r["binarize"], weights=weights)
+        return loss, scale_group_lasso(metrics, hparams[GROUP_LASSO])
 
     def reconstruct(model, x):
         mean, _ = model.encode(x)
         return model.mean_image(model.decode(mean))
 
-    return {
-        "model_fn": lambda rngs: build_model(config, rngs),
-        "objective": objective,
-        "reconstruct": reconstruct,
-        "optimizer": optimizer(config),
-        "after_training": lambda model, test_src, workdir: draw(model, test_src, workdir, config),
-    }
+    def draw_pictures(model, test_src, workdir, summary):
+        return draw(model, test_src, workdir, config)
+
+    return training.Task(
+        model=lambda rngs: build_model(config, rngs),
+        objective=objective,
+        hparams={GROUP_LASSO: m.group_lasso} if grouped else {},
+        **({"optimizer": optimizer(config)} if grouped else {}),
+        reporters=(_reporters.reconstructions(reconstruct), draw_pictures),
+    )
+
+
+def scale_group_lasso(metrics: dict, lam) -> dict:
+    """``oivae_objective``'s metrics at λ = 1 -> at ``lam``: the group lasso and the objective that includes it."""
+    out = dict(metrics)
+    for prefix in ("", "sum/"):
+        unit = metrics[f"{prefix}group_lasso"]
+        out[f"{prefix}group_lasso"] = lam * unit
+        out[f"{prefix}objective"] = metrics[f"{prefix}objective"] + (lam - 1.0) * unit
+    return out
 
 
 def latent_to_group(model: VAE) -> np.ndarray | None:
@@ -267,43 +297,43 @@ def draw(model: VAE, test_src, workdir: str, config) -> dict:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
-    from vqjax import training
-
+    """One run (:func:`vqjax.training.train_and_evaluate`), or with ``config.lambdas`` the λ sweep."""
     if config.lambdas:
         return sweep(config, workdir, log=log)
-    return training.train_and_evaluate(config, workdir, **build(config), log=log)
+    return training.train_and_evaluate(config, workdir, build(config), log=log)
 
 
 def sweep(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
-    """One run per λ in ``config.lambdas``: ``sweep.json`` and ``sweep.png`` (ELBO against active blocks)."""
+    """One run per λ in ``config.lambdas``, side by side (:func:`vqjax.training.train_sweep`):
+    ``sweep.json`` and ``sweep.png`` (ELBO against active blocks)."""
     from vqjax import viz
 
     if config.model.decoder != "grouped":
         raise ValueError("`config.lambdas` sweeps the group lasso of the grouped decoder; "
                          f"`config.model.decoder` is {config.model.decoder!r}.")
-
-    def set_lambda(c, value):
-        c.model.group_lasso = value
-        c.lambdas = ()
-
+    lambdas = [float(v) for v in config.lambdas]
+    if any(not v >= 0 for v in lambdas):
+        raise ValueError(f"`config.lambdas` must be non-negative numbers; got {tuple(config.lambdas)!r}.")
+    base = config.copy_and_resolve_references()
+    base.lambdas = ()  # each run's config is one run
+    summaries = training.train_sweep(base, training.values(GROUP_LASSO, lambdas), workdir, build, log=log)
     rows = []
-    for lam, s in _program.beta_sweep(config.lambdas, config, workdir, set_beta=set_lambda, build=build,
-                                      name="lambda", log=log):
+    for lam, s in zip(lambdas, summaries):
         row = {"lambda": lam, "elbo": s["test"]["elbo"], "distortion": s["test"]["distortion"],
                "rate": s["test"]["rate"], "active_blocks": s.get("active_blocks"),
-               "total_blocks": s.get("total_blocks"), "active_latents": s.get("active_latents")}
+               "total_blocks": s.get("total_blocks"), "active_latents": s.get("active_latents"),
+               "run": s["sweep"]["name"], "diverged": s["sweep"]["diverged"]}
         if "recovery" in s:
             row.update(precision=s["recovery"]["precision"], recall=s["recovery"]["recall"],
                        precision_1pct=s["recovery_1pct"]["precision"], recall_1pct=s["recovery_1pct"]["recall"])
         rows.append(row)
         log(format_row(row))
-    with open(os.path.join(workdir, "sweep.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    training.write_json(os.path.join(workdir, "sweep.json"), rows)
     frac = [r["active_blocks"] / r["total_blocks"] for r in rows]
     viz.save_curve(os.path.join(workdir, "sweep.png"), np.array(frac), np.array([r["elbo"] for r in rows]),
                    labels=[f"λ={r['lambda']:g}" for r in rows], xlabel="fraction of nonzero blocks ||w_g,j||",
                    ylabel="test ELBO (nats per image)", title="oi-VAE: sparsity against ELBO")
-    return {"sweep": rows}
+    return {"sweep": rows, "summaries": summaries}
 
 
 def format_row(row: dict) -> str:
@@ -312,6 +342,8 @@ def format_row(row: dict) -> str:
             f"{row['active_latents']} latents in use")
     if "precision" in row:
         line += f"; recovery precision {row['precision']:.3f}, recall {row['recall']:.3f}"
+    if row.get("diverged"):
+        line += " (diverged: the last finite state)"
     return line
 
 
@@ -332,9 +364,12 @@ def main(argv):
     config = _CONFIG.value
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
-    summary = run(config, _WORKDIR.value)
-    if "sweep" not in summary:
-        print(format_test(summary) + f"  -> {_WORKDIR.value}")
+    if config.lambdas:  # the λ sweep; each run's line is logged as it is reported
+        sweep(config, _WORKDIR.value)
+        print(f"-> {_WORKDIR.value}/sweep.json, sweep.png")
+        return
+    summary = training.train_and_evaluate(config, _WORKDIR.value, build(config))
+    print(format_test(summary) + f"  -> {_WORKDIR.value}")
 
 
 if __name__ == "__main__":

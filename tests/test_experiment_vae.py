@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -20,6 +21,16 @@ def _vae_config(idx_dir, **model):
     c.train.update(steps=6, log_every=3, checkpoint_every=3)
     c.eval.update(iwae_samples=16, iwae_chunk=8, iwae_batch_size=32)
     return c
+
+
+def _hparams(task):
+    """A task's hyperparameters as the train step takes them."""
+    return {k: jnp.float32(v) for k, v in task.hparams.items()}
+
+
+def _group_summaries(workdir, names):
+    """The summaries a sweep wrote to ``workdir/<name>/summary.json``."""
+    return [json.loads((workdir / n / "summary.json").read_text()) for n in names]
 
 
 def test_vae_mnist_reports_elbo_rate_distortion_and_iwae(idx_dir, tmp_path):
@@ -50,14 +61,14 @@ def test_vae_mnist_reports_elbo_rate_distortion_and_iwae(idx_dir, tmp_path):
 def test_every_objective_and_architecture_trains(idx_dir, model):
     config = _vae_config(idx_dir, **model)
     config.data.dynamic_binarization = model.get("likelihood") != "discretized_logistic"
-    kw = vae_mnist.build(config)
+    task = vae_mnist.build(config)
     tx = optax.adam(1e-3)
-    graphdef, state = training.init_train_state(kw["model_fn"](nnx.Rngs(0)), tx, seed=0)
-    step = training.make_train_step(graphdef, tx, kw["objective"])
+    graphdef, state = training.init_train_state(task.model(nnx.Rngs(0)), tx, seed=0)
+    step = training.make_train_step(graphdef, tx, task.objective)
     x = np.random.default_rng(0).uniform(size=(16, 28, 28, 1)).astype(np.float32)
     batch = {"image": x, "label": np.zeros(16, np.int32)}
     for _ in range(3):
-        state, m = step(state, batch)
+        state, m = step(state, batch, _hparams(task))
     assert np.isfinite(float(m["loss"])) and float(m["rate"]) >= 0
     if model["objective"] == "beta_vae":  # the annealed capacity: C = 10 · step / 4 at step 2
         c = 10.0 * 2 / 4
@@ -66,14 +77,14 @@ def test_every_objective_and_architecture_trains(idx_dir, model):
 
 def test_capacity_schedule_reaches_the_step_through_the_train_step(idx_dir):
     config = _vae_config(idx_dir, objective="beta_vae", beta=1.0, capacity_max=1e4, capacity_steps=2)
-    kw = vae_mnist.build(config)
+    task = vae_mnist.build(config)
     tx = optax.sgd(0.0)  # parameters fixed: only C changes from step to step
-    graphdef, state = training.init_train_state(kw["model_fn"](nnx.Rngs(0)), tx, seed=0)
-    step = training.make_train_step(graphdef, tx, kw["objective"])
+    graphdef, state = training.init_train_state(task.model(nnx.Rngs(0)), tx, seed=0)
+    step = training.make_train_step(graphdef, tx, task.objective)
     batch = {"image": np.full((16, 28, 28, 1), 0.5, np.float32)}
     gaps = []
     for _ in range(3):
-        state, m = step(state, batch)
+        state, m = step(state, batch, _hparams(task))
         gaps.append(float(m["loss"] - m["distortion"] + m["rate"]))  # = C when C > rate
     np.testing.assert_allclose(gaps, [0.0, 5e3, 1e4], atol=1.0)
 
@@ -102,19 +113,59 @@ def test_vib_sweep_writes_the_accuracy_rate_curve(idx_dir, tmp_path):
     for r in result["runs"]:
         assert 0 <= r["error"] <= 1 and r["rate"] >= 0
         np.testing.assert_allclose(r["i_zy_lower_bound"], np.log(10) - r["cross_entropy"])
-    assert (tmp_path / "vib_curve.png").exists() and (tmp_path / "beta=1" / "summary.json").exists()
+    assert (tmp_path / "vib_curve.png").exists() and (tmp_path / "model.beta=1" / "summary.json").exists()
     assert json.loads((tmp_path / "sweep.json").read_text())["runs"][0]["beta"] == 1e-3
     assert "| 0.001 |" in vib_mnist.format_table(result)
 
 
+def test_vib_sweep_trains_every_beta_in_one_group(idx_dir, tmp_path):
+    """The β sweep goes through the sweep engine: one group of stacked runs, each with its own β."""
+    c = vib_mnist.get_config()
+    c.betas = (1e-3, 1e-2, 1.0)
+    c.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
+    c.model.update(hidden=(8,), latents=2, num_eval_samples=2)
+    c.train.update(steps=2, log_every=2, checkpoint_every=2)
+    result = vib_mnist.run(c, str(tmp_path), log=lambda s: None)
+    names = [r["run"] for r in result["runs"]]
+    assert names == ["model.beta=0.001", "model.beta=0.01", "model.beta=1"]
+    summaries = _group_summaries(tmp_path, names)
+    assert [s["sweep"]["group_size"] for s in summaries] == [3, 3, 3]
+    assert len({s["sweep"]["group"] for s in summaries}) == 1
+    assert [s["config"]["model"]["beta"] for s in summaries] == [1e-3, 1e-2, 1.0]
+    assert all(s["config"]["betas"] == [] for s in summaries)  # each run's config is one run
+    assert (tmp_path / "_groups").is_dir()
+    assert vib_mnist.get_sweep() == [{"model.beta": b} for b in vib_mnist.BETAS]
+    with pytest.raises(ValueError, match="config.betas"):
+        c.betas = (1.0, -1.0)
+        vib_mnist.run(c, str(tmp_path / "bad"), log=lambda s: None)
+
+
 def test_rate_distortion_sweep_draws_one_point_per_beta(idx_dir, tmp_path):
-    c = vae_rate_distortion.get_config()
+    c = _vae_config(idx_dir, objective="beta_vae")
+    c.eval.iwae_samples = 0
     c.betas = (0.5, 8.0)
-    c.vae = _vae_config(idx_dir, objective="beta_vae")
-    c.vae.eval.iwae_samples = 0
     result = vae_rate_distortion.run(c, str(tmp_path), log=lambda s: None)
     assert len(result["runs"]) == 2 and (tmp_path / "rate_distortion.png").exists()
     for r in result["runs"]:
         np.testing.assert_allclose(-r["elbo"], r["rate"] + r["distortion"], rtol=1e-5)
-    assert os.path.exists(tmp_path / "beta=8" / "summary.json")
+    assert os.path.exists(tmp_path / "model.beta=8" / "summary.json")
+    # One group of stacked runs through the sweep engine, each at its β with the β-VAE objective.
+    summaries = _group_summaries(tmp_path, [r["run"] for r in result["runs"]])
+    assert [s["sweep"]["group_size"] for s in summaries] == [2, 2]
+    assert len({s["sweep"]["group"] for s in summaries}) == 1
+    assert [s["config"]["model"]["beta"] for s in summaries] == [0.5, 8.0]
+    assert {s["config"]["model"]["objective"] for s in summaries} == {"beta_vae"}
+    # A larger β buys a lower rate (the same batches, the same initialisation).
+    assert result["runs"][1]["rate"] < result["runs"][0]["rate"]
+    assert "| 8 |" in vae_rate_distortion.format_table(result)
     assert jax.device_count() == 8  # all of the above ran data-parallel over 8 devices
+
+
+def test_rate_distortion_config_is_the_shared_schema():
+    c = vae_rate_distortion.get_config()
+    assert c.model.objective == "beta_vae" and c.eval.iwae_samples == 0
+    assert c.data.batch_size == vae_mnist.get_config().data.batch_size and c.train.steps == 9375
+    assert vae_rate_distortion.get_sweep() == [{"model.beta": b} for b in vae_rate_distortion.BETAS]
+    c.model.objective = "vae"
+    with pytest.raises(ValueError, match="beta_vae"):
+        vae_rate_distortion.sweep_betas(c)

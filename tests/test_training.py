@@ -17,27 +17,30 @@ from experiments import vqvae_mnist
 from vqjax import data, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {"num_codes": 16, "code_dim": 4, "hidden": 8, "residual_hidden": 4, "num_residual": 1}
+TINY = {"hidden": 8, "residual_hidden": 4, "num_residual": 1}
+TINY_CODEBOOK = {"num_codes": 16, "code_dim": 4}
 
 
 def _tiny_config(idx_dir, **train):
     c = vqvae_mnist.get_config()
     c.model.update(TINY)
+    c.model.quantizer.codebook.update(TINY_CODEBOOK)
     c.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
     c.train.update({"steps": 6, "log_every": 2, "checkpoint_every": 3}, **train)
     return c
 
 
 def _run_steps(mesh, config, batches):
-    model_fn, objective, *_ = vqvae_mnist.build(config)
+    task = vqvae_mnist.build(config)
     tx = optax.adam(1e-3)
-    graphdef, state = training.init_train_state(model_fn(nnx.Rngs(0)), tx, seed=0)
-    step = training.make_train_step(graphdef, tx, objective)
+    graphdef, state = training.init_train_state(task.model(nnx.Rngs(0)), tx, seed=0)
+    step = training.make_train_step(graphdef, tx, task.objective)
+    hparams = {k: np.float32(v) for k, v in task.hparams.items()}
     losses = []
     with jax.set_mesh(mesh):
         state = training.replicate(state, mesh)
         for b in batches:
-            state, m = step(state, training.shard_batch(b, mesh))
+            state, m = step(state, training.shard_batch(b, mesh), hparams)
             losses.append(float(m["loss"]))
     return jax.device_get(state.params), np.array(losses)
 
@@ -60,7 +63,8 @@ def _cli(workdir, idx_dir, steps, every):
             f"--config.data.idx_dir={idx_dir}", "--config.data.batch_size=16",
             "--config.data.eval_batch_size=32", f"--config.train.steps={steps}",
             "--config.train.log_every=10", f"--config.train.checkpoint_every={every}"] + [
-            f"--config.model.{k}={v}" for k, v in TINY.items()]
+            f"--config.model.{k}={v}" for k, v in TINY.items()] + [
+            f"--config.model.quantizer.codebook.{k}={v}" for k, v in TINY_CODEBOOK.items()]
 
 
 def _final_params(workdir, step):
@@ -121,10 +125,8 @@ def test_killed_run_resumes_exactly(idx_dir, tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
     config = _tiny_config(idx_dir, steps=30, log_every=1, checkpoint_every=1)
     config.optimizer.update(learning_rate=1e30, warmup_steps=10)
-    model_fn, objective, reconstruct, _ = vqvae_mnist.build(config)
     with pytest.raises(training.NonFiniteLossError, match="last good checkpoint"):
-        training.train_and_evaluate(config, str(tmp_path), model_fn=model_fn, objective=objective,
-                                    reconstruct=reconstruct, log=lambda s: None)
+        training.train_and_evaluate(config, str(tmp_path), vqvae_mnist.build(config), log=lambda s: None)
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps, "no checkpoint was kept"
     assert all(np.isfinite(x).all() for x in _final_params(tmp_path, steps[-1]))
@@ -133,30 +135,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_p
 def test_non_finite_loss_before_any_checkpoint_says_so(idx_dir, tmp_path):
     config = _tiny_config(idx_dir, steps=30, log_every=1, checkpoint_every=100)
     config.optimizer.update(learning_rate=1e30, warmup_steps=0)
-    model_fn, objective, reconstruct, _ = vqvae_mnist.build(config)
     with pytest.raises(training.NonFiniteLossError, match="No checkpoint was saved before it"):
-        training.train_and_evaluate(config, str(tmp_path), model_fn=model_fn, objective=objective,
-                                    reconstruct=reconstruct, log=lambda s: None)
+        training.train_and_evaluate(config, str(tmp_path), vqvae_mnist.build(config), log=lambda s: None)
 
 
 def test_bad_batch_size_is_a_clear_error(idx_dir, tmp_path):
     config = _tiny_config(idx_dir)
     config.data.batch_size = 12  # not divisible by 8 devices
-    model_fn, objective, reconstruct, _ = vqvae_mnist.build(config)
     with pytest.raises(ValueError, match="batch_size"):
-        training.train_and_evaluate(config, str(tmp_path), model_fn=model_fn, objective=objective,
-                                    reconstruct=reconstruct)
+        training.train_and_evaluate(config, str(tmp_path), vqvae_mnist.build(config))
 
 
 def test_lloyd_codebook_init_fits_the_encoder_outputs(idx_dir):
     from vqjax import quantizers
 
     config = _tiny_config(idx_dir)
-    config.model.codebook_init = "lloyd"
-    model_fn, _, _, init_fn = vqvae_mnist.build(config)
-    model = model_fn(nnx.Rngs(0))
+    config.model.quantizer.codebook.init = "lloyd"
+    task = vqvae_mnist.build(config)
+    model, init_fn = task.model(nnx.Rngs(0)), task.init
     images = np.stack([data.idx_source(idx_dir, "train")[i]["image"] for i in range(64)]) / np.float32(255)
-    z_e = np.asarray(model.encoder(images)).reshape(-1, TINY["code_dim"])
+    z_e = np.asarray(model.encoder(images)).reshape(-1, TINY_CODEBOOK["code_dim"])
 
     def distortion(codebook):
         idx = np.asarray(quantizers.nearest_code(z_e, codebook))
@@ -167,13 +165,13 @@ def test_lloyd_codebook_init_fits_the_encoder_outputs(idx_dir):
     after = distortion(model.quantizer.codebook[...])
     assert after < 0.5 * before
     used = np.unique(np.asarray(quantizers.nearest_code(z_e, model.quantizer.codebook[...])))
-    assert len(used) == TINY["num_codes"]  # every code is the centroid of a non-empty cell
+    assert len(used) == TINY_CODEBOOK["num_codes"]  # every code is the centroid of a non-empty cell
 
 
 def test_unknown_codebook_init_is_a_clear_error(idx_dir):
     config = _tiny_config(idx_dir)
-    config.model.codebook_init = "zeros"
-    with pytest.raises(ValueError, match="codebook_init"):
+    config.model.quantizer.codebook.init = "zeros"
+    with pytest.raises(ValueError, match="quantizer.codebook.init"):
         vqvae_mnist.build(config)
 
 

@@ -14,39 +14,45 @@ from flax import nnx
 from experiments import vqvae_mnist
 from vqjax import data, objectives, training
 
-TINY = {"num_codes": 16, "code_dim": 4, "hidden": 8, "residual_hidden": 4, "num_residual": 1}
+TINY = {"hidden": 8, "residual_hidden": 4, "num_residual": 1}
+TINY_CODEBOOK = {"num_codes": 16, "code_dim": 4}
+# config.model.quantizer of each kind
 KINDS = {
-    "vq": {"quantizer": "vq"},
-    "vq_cosine": {"quantizer": "vq", "cosine": True},
-    "ema": {"quantizer": "ema"},
-    "ema_restart": {"quantizer": "ema", "dead_code_threshold": 4.0},
-    "fsq": {"quantizer": "fsq", "fsq_levels": (4, 3, 3)},
-    "fsq_lloyd_max": {"quantizer": "fsq", "fsq_levels": (3, 3, 3), "lloyd_max": True},
-    "fsq_range": {"quantizer": "fsq", "fsq_levels": (4, 3, 3), "fsq_range_loss": True},
-    "residual": {"quantizer": "residual", "num_stages": 3},
-    "residual_ema": {"quantizer": "residual", "num_stages": 3, "residual_ema": True, "dead_code_threshold": 4.0},
+    "vq": {"kind": "vq"},
+    "vq_cosine": {"kind": "vq", "codebook": {"cosine": True}},
+    "ema": {"kind": "ema"},
+    "ema_restart": {"kind": "ema", "ema": {"dead_code_threshold": 4.0}},
+    "fsq": {"kind": "fsq", "fsq": {"levels": (4, 3, 3)}},
+    "fsq_lloyd_max": {"kind": "fsq", "fsq": {"levels": (3, 3, 3), "lloyd_max": True}},
+    "fsq_range": {"kind": "fsq", "fsq": {"levels": (4, 3, 3), "range_loss": True}},
+    "residual": {"kind": "residual", "residual": {"num_stages": 3}},
+    "residual_ema": {"kind": "residual", "residual": {"num_stages": 3, "ema": True},
+                     "ema": {"dead_code_threshold": 4.0}},
 }
 
 
 def _config(idx_dir, kind, **train):
     c = vqvae_mnist.get_config()
-    c.model.update(TINY, **KINDS[kind])
+    c.model.update(TINY)
+    c.model.quantizer.codebook.update(TINY_CODEBOOK)
+    c.model.quantizer.update(KINDS[kind])
     c.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
     c.train.update({"steps": 6, "log_every": 2, "checkpoint_every": 3, "eval_every": 2}, **train)
     return c
 
 
 def _run_steps(mesh, config, batches):
-    model_fn, objective, *_ = vqvae_mnist.build(config)
+    task = vqvae_mnist.build(config)
     tx = optax.adam(1e-3)
-    graphdef, state = training.init_train_state(model_fn(nnx.Rngs(0)), tx, seed=0)
+    graphdef, state = training.init_train_state(task.model(nnx.Rngs(0)), tx, seed=0)
     first = jax.device_get(state)
-    step = training.make_train_step(graphdef, tx, objective)
+    step = training.make_train_step(graphdef, tx, task.objective)
+    hparams = {k: np.float32(v) for k, v in task.hparams.items()}
     metrics = []
     with jax.set_mesh(mesh):
-        state = training.replicate(state, mesh)
+        state, hparams = training.replicate((state, hparams), mesh)
         for b in batches:
-            state, m = step(state, training.shard_batch(b, mesh))
+            state, m = step(state, training.shard_batch(b, mesh), hparams)
             metrics.append({k: float(v) for k, v in m.items() if jnp.ndim(v) == 0})
     return first, jax.device_get(state), metrics
 
@@ -72,8 +78,7 @@ def test_eight_devices_equal_one_including_codebook_statistics(idx_dir, kind):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_objective_terms_follow_the_quantizer(idx_dir, kind):
     config = _config(idx_dir, kind)
-    model_fn, *_ = vqvae_mnist.build(config)
-    model = model_fn(nnx.Rngs(0))
+    model = vqvae_mnist.build(config).model(nnx.Rngs(0))
     model.eval()
     x = jnp.asarray(np.stack([data.idx_source(idx_dir, "train")[i]["image"] for i in range(4)]) / np.float32(255))
     loss, m = objectives.vqvae_objective(model, {"image": x}, beta=0.5)
@@ -89,7 +94,7 @@ def test_objective_terms_follow_the_quantizer(idx_dir, kind):
         assert float(m["codebook"]) == 0.0 and float(m["commitment"]) > 0.0
     else:  # ||sg[z] - e||² and β||z - sg[e]||² are the same number in the forward pass
         np.testing.assert_allclose(m["commitment"], 0.5 * m["codebook"], rtol=1e-5)
-    stages = config.model.num_stages if kind.startswith("residual") else 1
+    stages = config.model.quantizer.residual.num_stages if kind.startswith("residual") else 1
     assert m["counts"].shape == ((stages, model.num_codes) if stages > 1 else (model.num_codes,))
     np.testing.assert_allclose(np.sum(m["counts"]), 4 * 7 * 7 * stages)
     out = model(x)
@@ -99,10 +104,7 @@ def test_objective_terms_follow_the_quantizer(idx_dir, kind):
 @pytest.mark.parametrize("kind", ["ema_restart", "residual"])
 def test_experiment_logs_usage_every_eval_and_draws_the_pictures(idx_dir, tmp_path, kind):
     config = _config(idx_dir, kind)
-    model_fn, objective, reconstruct, init_fn = vqvae_mnist.build(config)
-    summary = training.train_and_evaluate(config, str(tmp_path), model_fn=model_fn, objective=objective,
-                                          reconstruct=reconstruct, init_fn=init_fn,
-                                          after_training=vqvae_mnist.draw_codebook, log=lambda s: None)
+    summary = training.train_and_evaluate(config, str(tmp_path), vqvae_mnist.build(config), log=lambda s: None)
     with open(tmp_path / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
     evals = [r for r in rows if r["split"] == "eval"]
@@ -111,35 +113,36 @@ def test_experiment_logs_usage_every_eval_and_draws_the_pictures(idx_dir, tmp_pa
         assert {"perplexity", "used_fraction", "dead_codes", "mse"} <= set(r)
     assert all("restarted" in r and "dead_codes" in r for r in rows if r["split"] == "train")
     test = summary["test"]
-    stages = config.model.num_stages if kind == "residual" else 1
-    assert 0 <= test["dead_codes"] <= stages * config.model.num_codes
-    np.testing.assert_allclose(test["used_fraction"], 1 - test["dead_codes"] / (stages * config.model.num_codes))
+    stages = config.model.quantizer.residual.num_stages if kind == "residual" else 1
+    num_codes = config.model.quantizer.codebook.num_codes
+    assert 0 <= test["dead_codes"] <= stages * num_codes
+    np.testing.assert_allclose(test["used_fraction"], 1 - test["dead_codes"] / (stages * num_codes))
     for name in ("perplexity.png", "codebook_usage.png", "codebook_projection.png", "reconstructions.png"):
         assert os.path.getsize(tmp_path / name) > 1000, name
 
 
 def test_bad_quantizer_choices_are_clear_errors(idx_dir):
     config = _config(idx_dir, "vq")
-    config.model.quantizer = "gumbel"
-    with pytest.raises(ValueError, match="quantizer"):
+    config.model.quantizer.kind = "gumbel"
+    with pytest.raises(ValueError, match=r"quantizer\.kind"):
         vqvae_mnist.build(config)
     config = _config(idx_dir, "fsq")
-    config.model.codebook_init = "lloyd"
-    with pytest.raises(ValueError, match="codebook_init"):
+    config.model.quantizer.codebook.init = "lloyd"
+    with pytest.raises(ValueError, match=r"quantizer\.codebook\.init"):
         vqvae_mnist.build(config)
     config = _config(idx_dir, "fsq")
-    config.model.update(fsq_levels=(4, 3), lloyd_max=True)
-    model_fn, *_ = vqvae_mnist.build(config)
+    config.model.quantizer.fsq.update(levels=(4, 3), lloyd_max=True)
+    task = vqvae_mnist.build(config)
     with pytest.raises(ValueError, match="levels"):
-        model_fn(nnx.Rngs(0))
+        task.model(nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("kind", ["ema", "residual"])
 def test_lloyd_init_fits_every_codebook(idx_dir, kind):
     config = _config(idx_dir, kind)
-    config.model.codebook_init = "lloyd"
-    model_fn, _, _, init_fn = vqvae_mnist.build(config)
-    model = model_fn(nnx.Rngs(0))
+    config.model.quantizer.codebook.init = "lloyd"
+    task = vqvae_mnist.build(config)
+    model, init_fn = task.model(nnx.Rngs(0)), task.init
     x = jnp.asarray(np.stack([data.idx_source(idx_dir, "train")[i]["image"] for i in range(32)]) / np.float32(255))
     model.eval()
     before = float(jnp.mean(jnp.sum(jnp.square(model(x).z_e - model(x).z_q), -1)))
@@ -157,6 +160,7 @@ def test_codebooks_experiment_compares_the_variants(idx_dir, tmp_path):
     config = vqvae_codebooks.get_config()
     config.variants = ("vq", "fsq5555")
     config.base.model.update(TINY)
+    config.base.model.quantizer.codebook.update(TINY_CODEBOOK)
     config.base.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
     config.base.train.update(steps=4, log_every=2, checkpoint_every=4, eval_every=2)
     result = vqvae_codebooks.run(config, str(tmp_path), log=lambda s: None)
@@ -168,3 +172,21 @@ def test_codebooks_experiment_compares_the_variants(idx_dir, tmp_path):
     config.variants = ("vq", "nope")
     with pytest.raises(ValueError, match="variants"):
         vqvae_codebooks.run(config, str(tmp_path), log=lambda s: None)
+
+
+def test_every_codebooks_variant_sets_the_grouped_quantizer_config():
+    from experiments import vqvae_codebooks
+
+    base = vqvae_codebooks.get_config().base
+    base.model.update(TINY)
+    base.model.quantizer.codebook.update(TINY_CODEBOOK)
+    for name, (_, overrides) in vqvae_codebooks.VARIANTS.items():
+        c = base.copy_and_resolve_references()
+        c.model.quantizer.update(overrides)  # no unknown paths
+        q = c.model.quantizer
+        assert q.kind == name.split("_")[0].rstrip("0123456789"), name
+        assert (q.ema.dead_code_threshold == 1.0) == ("restart" in name), name
+        assert (q.codebook.init == "lloyd") == name.endswith("kmeans"), name
+        assert q.residual.ema == (name == "residual_ema_restart"), name
+        model = vqvae_mnist.build(c).model(nnx.Rngs(0))
+        assert model.quantizer.num_codes == vqvae_mnist.codes_per_stage(c), name

@@ -1,7 +1,10 @@
 """1-D densities for quantizer design: Gaussian, Laplace, uniform, any pdf on an interval, and
 their partial moments ``P = ∫f``, ``M1 = ∫u f``, ``M2 = ∫u² f`` over cells (closed forms where they exist).
 
-See :mod:`vqjax.quantization._scalar` for the precision and transformation notes.
+Shared by :mod:`vqjax.quantization` (which exports the public names) and
+:mod:`vqjax._lloyd_max` (FSQ's Lloyd-Max levels in :mod:`vqjax.quantizers`); it lives outside both
+packages so that ``vqjax.quantizers`` never imports ``vqjax.quantization``. See
+:mod:`vqjax.quantization._scalar` for the precision and transformation notes.
 """
 
 from __future__ import annotations

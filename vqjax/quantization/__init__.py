@@ -1,12 +1,15 @@
 """Classical quantizer design, pure JAX: Lloyd-Max, the DP-optimal scalar quantizer, generalized Lloyd.
 
-Densities and their partial moments (``_densities``), Lloyd-Max and Lloyd on samples
-(``_scalar``), the DP-optimal scalar quantizer (``_dp``), vector quantization (``_vector``) and the
-reference formulas of rate-distortion theory (``_theory``). Voronoi assignment is :func:`vqjax.quantizers.nearest_code`,
-the same search the VQ-VAE uses.
+Densities and their partial moments (``vqjax._densities``), Lloyd-Max on a density and the
+Lloyd-Max levels of ``tanh(N(0, σ²))`` for FSQ (``vqjax._lloyd_max``: both live outside this package
+so that :mod:`vqjax.quantizers` can use them without importing it), Lloyd on samples (``_scalar``),
+the DP-optimal scalar quantizer (``_dp``), vector quantization (``_vector``) and the reference
+formulas of rate-distortion theory (``_theory``). Voronoi assignment is
+:func:`vqjax.quantizers.nearest_code`, the same search the VQ-VAE uses; this package uses only the
+public API of :mod:`vqjax.quantizers`, which never imports this one.
 """
 
-from vqjax.quantization._densities import (
+from vqjax._densities import (
     Density,
     PartialMoments,
     gaussian,
@@ -15,8 +18,9 @@ from vqjax.quantization._densities import (
     partial_moments,
     uniform,
 )
+from vqjax._lloyd_max import LloydMaxResult, lloyd_max, lloyd_max_levels
 from vqjax.quantization._dp import ScalarQuantizerResult, optimal_scalar_quantizer
-from vqjax.quantization._scalar import LloydMaxResult, lloyd_1d, lloyd_max
+from vqjax.quantization._scalar import lloyd_1d
 from vqjax.quantization._theory import (
     UniformQuantizerResult,
     cell_probabilities,
@@ -31,6 +35,7 @@ from vqjax.quantization._vector import GeneralizedLloydResult, generalized_lloyd
 __all__ = [
     "Density", "gaussian", "laplace", "uniform", "on_interval", "PartialMoments", "partial_moments",
     "LloydMaxResult", "lloyd_max", "lloyd_1d", "ScalarQuantizerResult", "optimal_scalar_quantizer",
+    "lloyd_max_levels",
     "UniformQuantizerResult", "uniform_quantizer", "panter_dite_mse", "gaussian_distortion_rate",
     "cell_probabilities", "output_entropy", "snr_db",
     "GeneralizedLloydResult", "generalized_lloyd", "kmeans_plusplus",

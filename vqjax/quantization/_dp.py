@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vqjax.quantization._densities import (
+from vqjax._densities import (
     _check_num_levels,
     _default_float,
     _gather,

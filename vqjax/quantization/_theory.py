@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vqjax.quantization._densities import (
+from vqjax._densities import (
     _MOMENTS,
     Density,
     _cells,

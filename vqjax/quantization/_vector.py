@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqjax.quantizers._vq import nearest_code
+from vqjax import quantizers
 
 __all__ = [
     "GeneralizedLloydResult",
@@ -150,7 +150,7 @@ def _float_dtype(x: jax.Array):
 def _assign(x, w, codebook, block_size) -> tuple[jax.Array, _Cells]:
     """Nearest-neighbour condition: Voronoi cells of ``codebook`` and their statistics, O(N·D)."""
     k = codebook.shape[0]
-    idx = nearest_code(x, codebook, block_size=block_size)
+    idx = quantizers.nearest_code(x, codebook, block_size=block_size)
     err = jnp.sum(jnp.square(x - codebook[idx]), axis=-1)
 
     def seg(v):

@@ -5,7 +5,7 @@ FSQ (Mentzer, Minnen, Agustsson & Tschannen, 2024) bounds each of the D channels
 implied codebook is the grid of ``Π_d L_d`` points and needs no learning, no codebook loss and no
 commitment loss. :func:`scalar_quantize` is the same idea with any level set, e.g. the Lloyd-Max
 quantizer (the notes' optimal scalar quantizer, :mod:`vqjax.quantization`) of the bounded values'
-density, from :func:`lloyd_max_levels`.
+density, from :func:`vqjax.quantizers.lloyd_max_levels` (defined in :mod:`vqjax._lloyd_max`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ __all__ = [
     "fsq_indices_to_codes",
     "fsq_codebook_size",
     "scalar_quantize",
-    "lloyd_max_levels",
     "fsq_range_loss",
 ]
 
@@ -140,8 +139,8 @@ def scalar_quantize(z: jax.Array, levels: jax.Array) -> Quantized:
     levels ``a_1 < … < a_L`` in ``(-1, 1)`` and thresholds ``b_j = (a_j + a_{j+1})/2`` (the
     nearest-neighbour rule), ``k_d = #{j : u_d > b_j}`` and ``ẑ_d = u_d + sg[a_{k_d} - u_d]``
     (straight-through: the gradient is that of the tanh). Uniform levels give FSQ; the Lloyd-Max
-    levels of :func:`lloyd_max_levels` minimise the mean squared rounding error for the bounded
-    values' density.
+    levels of :func:`vqjax.quantizers.lloyd_max_levels` minimise the mean squared rounding error
+    for the bounded values' density.
 
     Args:
       z: ``[..., D]`` encoder outputs (computed in float32).
@@ -166,31 +165,6 @@ def scalar_quantize(z: jax.Array, levels: jax.Array) -> Quantized:
     z_q = u + jax.lax.stop_gradient(codes - u)
     basis = jnp.asarray(num_levels ** np.arange(z.shape[-1]), jnp.int32)
     return Quantized(z_q, jax.lax.stop_gradient(codes), jnp.sum(digits * basis, axis=-1))
-
-
-def lloyd_max_levels(num_levels: int, *, sigma: float = 1.0) -> jax.Array:
-    r"""Lloyd-Max levels for ``u = tanh(z)``, ``z ~ N(0, σ²)``: the MSE-optimal ``L`` levels in ``(-1, 1)``.
-
-    The density of ``u`` is ``p(u) = φ(atanh(u)/σ) / (σ (1 - u²))``; :func:`vqjax.quantization.lloyd_max`
-    on it (tabulated on ``[-1, 1]``) gives the levels, denser near 0 than FSQ's uniform grid.
-
-    Returns:
-      ``[L]`` float32 sorted levels, for :func:`scalar_quantize`.
-    """
-    from vqjax import quantization  # imported here: vqjax.quantization itself imports the quantizers
-
-    if not isinstance(num_levels, int) or num_levels < 2:
-        raise ValueError(f"`num_levels` must be an int >= 2; got {num_levels!r}.")
-    if not sigma > 0:
-        raise ValueError(f"`sigma` must be > 0; got {sigma!r}.")
-
-    def pdf(u):
-        inside = jnp.abs(u) < 1.0
-        t = jnp.arctanh(jnp.where(inside, u, 0.0)) / sigma
-        return jnp.where(inside, jnp.exp(-0.5 * t * t) / (1.0 - jnp.where(inside, u * u, 0.0)), 0.0)
-
-    density = quantization.on_interval(pdf, -1.0, 1.0)
-    return jnp.asarray(quantization.lloyd_max(density, num_levels).levels, jnp.float32)
 
 
 def fsq_range_loss(z: jax.Array, *, bound: float = 2.0) -> jax.Array:

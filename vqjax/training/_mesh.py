@@ -22,9 +22,22 @@ def maybe_initialize_distributed() -> None:
     """
     if jax.distributed.is_initialized():
         return
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("VQJAX_DISTRIBUTED") == "1":
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if address or os.environ.get("VQJAX_DISTRIBUTED") == "1":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize()
+        kwargs = {}
+        # JAX (0.10) reads only the coordinator's address from the environment; the process count
+        # and id come from a detected cluster (SLURM, a TPU pod, ...) or from these two variables.
+        for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+            if os.environ.get(name):
+                kwargs[key] = int(os.environ[name])
+        # A loopback coordinator (several processes on one machine) listens on loopback only, not
+        # on every interface ("[::]:port", JAX's default), unless JAX_COORDINATOR_BIND_ADDRESS says so.
+        host = address.rsplit(":", 1)[0].strip("[]") if address else ""
+        if host in ("localhost", "::1") or host.startswith("127."):
+            if not os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"):
+                kwargs["coordinator_bind_address"] = address
+        jax.distributed.initialize(**kwargs)
 
 
 def use_cpu_cores_as_devices(batch_sizes: tuple[int, ...], *, max_devices: int | None = None) -> int:

@@ -244,11 +244,12 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
         }
         _write_run_checkpoint(d, run_state, steps, train_iter, keep=1)
         if is_main:
-            model = nnx.merge(graphdef, run_state.params, run_state.rest)
-            if counts is not None:
-                summary["_counts"] = counts
-            run_reporters(tasks[r], model, test_src, d, summary)
-            summary.pop("_counts", None)
+            if not flags[r]:  # a diverged run's last finite state may still decode to NaN: no pictures
+                model = nnx.merge(graphdef, run_state.params, run_state.rest)
+                if counts is not None:
+                    summary["_counts"] = counts
+                run_reporters(tasks[r], model, test_src, d, summary)
+                summary.pop("_counts", None)
             _checkpoints.write_json(os.path.join(d, "summary.json"), summary)
         summaries.append(summary)
     return summaries
