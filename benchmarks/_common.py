@@ -21,7 +21,7 @@ import time
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 REPO_ROOT = os.path.dirname(BENCH_DIR)
-if REPO_ROOT not in sys.path:  # `experiments` is not an installed package; neither, maybe, is vqjax
+if REPO_ROOT not in sys.path:  # vqjax may not be installed (the benchmarks never import `experiments`)
     sys.path.insert(1, REPO_ROOT)
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "vector-quantize-pytorch", "dm-haiku",
             "faiss-cpu")

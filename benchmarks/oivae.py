@@ -11,8 +11,8 @@ every parameter, then the group-lasso proximal step on W (λ = 3, threshold λ·
 its own subprocess:
 
 * vqjax: the experiment's jitted train step (``vqjax.training.make_train_step`` with
-  ``objectives.oivae_objective`` and ``optax.chain(adam, masked(group_lasso_prox))``), the G generators
-  as one batched computation.
+  ``objectives.oivae_objective`` and ``optax.chain(adam, masked(group_lasso_prox))``, built here from
+  ``vqjax``), the G generators as one batched computation.
 * PyTorch, per-group loop: the structure of the authors' code (samuela/oi-vae): a list of G generator
   modules called one after another, then the proximal step on the stacked W.
 * PyTorch, batched: the same model with the G generators stacked and run by ``torch.bmm``, as vqjax does.
@@ -48,21 +48,35 @@ def _images(n: int = 4096):
 
 
 def setup_vqjax(steps: int):
+    """The experiment's MNIST oi-VAE at p = 8, 64 hidden units, built here from ``vqjax`` (the
+    benchmarks do not import the experiment programs): its model, objective and proximal Adam."""
     import jax
+    import ml_collections
     import numpy as np
+    import optax
     from flax import nnx
 
-    from experiments import oivae
-    from vqjax import training
+    from vqjax import groups, objectives, proximal, training
+    from vqjax.nn import VAE, GroupedGenerator, MLPEncoder, latent_to_group_mask
 
-    config = oivae.get_config()
-    config.data.dataset = "mnist"
-    config.model.update(group_lasso=LAM, group_input_dim=P, generator_hidden=f"({HIDDEN},)")
-    config.optimizer.update(learning_rate=LR, schedule="constant")
-    kw = oivae.build(config)
-    tx = kw["optimizer"](training.learning_rate_schedule(config.optimizer, steps))
-    graphdef, state = training.init_train_state(kw["model_fn"](nnx.Rngs(0)), tx, seed=0)
-    step = training.make_train_step(graphdef, tx, kw["objective"])
+    shape = (28, 28, 1)
+    rngs = nnx.Rngs(0)
+    encoder = MLPEncoder(shape, L, hidden=ENC, rngs=rngs)
+    generator = GroupedGenerator(groups.grid_regions(shape, (GRID, GRID)), shape, L, group_input_dim=P,
+                                 hidden=(HIDDEN,), rngs=rngs)
+    model = VAE(encoder, generator, latents=L, likelihood="bernoulli", variance=1.0)
+
+    def objective(model, batch, *, key, step, hparams, weights=None):
+        del step, hparams
+        return objectives.oivae_objective(model, batch, key=key, group_lasso=LAM, generator_prior_scale=SIGMA_THETA,
+                                          dynamic_binarization=True, weights=weights)
+
+    schedule = training.learning_rate_schedule(
+        ml_collections.ConfigDict({"learning_rate": LR, "warmup_steps": 0, "schedule": "constant"}), steps)
+    # proximal Adam: Adam on every parameter, then the group-lasso proximal step on W
+    tx = optax.chain(optax.adam(schedule), optax.masked(proximal.group_lasso_prox(LAM, schedule), latent_to_group_mask))
+    graphdef, state = training.init_train_state(model, tx, seed=0)
+    step = training.make_train_step(graphdef, tx, objective)
     images = _images()
     batches = [{"image": jax.device_put(images[i * B:(i + 1) * B])} for i in range(len(images) // B)]
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))

@@ -3,11 +3,11 @@
     python benchmarks/train_step.py           # warm-up, then the median of 7 timings of 20 steps
     python benchmarks/train_step.py --quick   # smoke run: 3 timings of 5 steps
 
-Batch 128 of 28×28×1 images, uniform in [0, 1]; the default config of ``experiments/vqvae_mnist.py``
+Batch 128 of 28×28×1 images, uniform in [0, 1]; the default model of ``experiments/vqvae_mnist.py``
 (K=512, D=64, hidden 64, residual hidden 32, 2 residual blocks, Adam lr 1e-3, β=0.25, Bernoulli
-likelihood). Three variants, each in its own subprocess:
+likelihood), built here from ``vqjax`` (``MODEL``, ``OPTIMIZER``). Variants, each in its own subprocess:
 
-* vqjax: ``vqjax.training.make_train_step`` on the experiment's model and objective (jitted, donated).
+* vqjax: ``vqjax.training.make_train_step`` on that model and the experiment's objective (jitted, donated).
 * PyTorch + vector-quantize-pytorch ``VectorQuantize(dim=64, codebook_size=512, commitment_weight=0.25)``
   with its defaults (EMA codebook, rotation trick).
 * PyTorch + a plain VQ (the paper's): codebook ``nn.Embedding`` uniform in ±1/K, nearest code from
@@ -58,43 +58,60 @@ def time_steps(run_steps, *, timings: int, steps: int) -> list[float]:
 # --------------------------------------------------------------------------- vqjax
 
 
+# The default VQ-VAE of experiments/vqvae_mnist.py (its config.model and config.optimizer), built here
+# from vqjax directly: the benchmarks do not import the experiment programs.
+MODEL = {"hidden": 64, "residual_hidden": 32, "num_residual": 2, "beta": 0.25, "likelihood": "bernoulli",
+         "quantizer": {"kind": "vq", "codebook": {"num_codes": 512, "code_dim": 64, "cosine": False}}}
+OPTIMIZER = {"learning_rate": 1e-3, "warmup_steps": 100, "schedule": "constant"}
+SEED = 0
+
+
 def setup_vqjax(per_core: bool):
     """``(run_steps, num_params, config)`` for the experiment's default VQ-VAE.
 
-    ``per_core``: as the experiment runs by default, one XLA:CPU device per core with the batch
-    sharded over them (``training.use_cpu_cores_as_devices``); else one device.
+    ``per_core``: one XLA:CPU device per core with the batch sharded over them
+    (``training.use_cpu_cores_as_devices``, the experiments' ``--config.cpu_devices_per_core=True``);
+    else one device.
     """
     import jax
+    import ml_collections
     import optax
     from flax import nnx
 
-    from experiments import vqvae_mnist
-    from vqjax import training
+    from vqjax import objectives, training
+    from vqjax.nn import VQVAE, VectorQuantizer
 
     num_devices = training.use_cpu_cores_as_devices((BATCH,)) if per_core else 1
 
-    config = vqvae_mnist.get_config()
-    model_fn, objective, *_ = vqvae_mnist.build(config)
-    opt = config.optimizer  # the optimizer of vqjax.training.train_and_evaluate
-    lr = optax.linear_schedule(0.0, opt.learning_rate, max(1, opt.warmup_steps)) if opt.warmup_steps \
-        else opt.learning_rate
-    tx = optax.adam(lr)
-    graphdef, state = training.init_train_state(model_fn(nnx.Rngs(config.seed)), tx, seed=config.seed)
+    m, cb = MODEL, MODEL["quantizer"]["codebook"]
+
+    def objective(model, batch, *, key, step, hparams, weights=None):  # the experiment's objective
+        del step
+        return objectives.vqvae_objective(model, batch, beta=hparams["model.beta"], likelihood=m["likelihood"],
+                                          key=key, weights=weights)
+
+    rngs = nnx.Rngs(SEED)
+    model = VQVAE(in_channels=1, hidden=m["hidden"], residual_hidden=m["residual_hidden"],
+                  num_residual=m["num_residual"],
+                  quantizer=VectorQuantizer(cb["num_codes"], cb["code_dim"], cosine=cb["cosine"], rngs=rngs), rngs=rngs)
+    # the optimizer of vqjax.training.train_and_evaluate: Adam, linear warm-up to the learning rate
+    tx = optax.adam(training.learning_rate_schedule(ml_collections.ConfigDict(OPTIMIZER), steps=10**6))
+    graphdef, state = training.init_train_state(model, tx, seed=SEED)
     step = training.make_train_step(graphdef, tx, objective)
     mesh = training.make_mesh()
     batch = training.shard_batch({"image": make_images()}, mesh)
+    hparams = training.replicate({"model.beta": np.float32(m["beta"])}, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     holder = [training.replicate(state, mesh)]
 
     def run_steps(n):
         s = holder[0]
         for _ in range(n):
-            s, _ = step(s, batch)
+            s, _ = step(s, batch, hparams)
         holder[0] = jax.block_until_ready(s)
 
     return run_steps, num_params, {"buffers": 0, "devices": mesh.size, "requested_devices": num_devices,
-                                   "model": config.model.to_dict(),
-                                   "optimizer": config.optimizer.to_dict()}
+                                   "model": MODEL, "optimizer": OPTIMIZER}
 
 
 # --------------------------------------------------------------------------- PyTorch
@@ -266,8 +283,8 @@ def main(argv=None) -> None:
         "Parameters: a variant failed, no comparison.",
         "vqjax speedup = vqjax images/s ÷ the row's images/s (above 1×: vqjax is faster).",
         (f"PyTorch: torch.set_num_threads({TORCH_THREADS}); vqjax: {results['vqjax'].get('devices')} "
-        "single-threaded XLA:CPU devices, one per core, the batch sharded over them (the experiment's "
-        "default), and, for reference, one device using XLA's intra-op thread pool. "
+        "single-threaded XLA:CPU devices, one per core, the batch sharded over them (the experiments' "
+        "--config.cpu_devices_per_core=True), and, for reference, one device using XLA's intra-op thread pool. "
         "The vqjax step also computes its logged metrics (code usage, perplexity, MSE, gradient norm)."),
         ("Losses: BCE-with-logits summed per image, mean over the batch, + codebook + 0.25 · commitment "
         "(summed per image) for vqjax and the plain VQ; vector-quantize-pytorch adds its own commitment "

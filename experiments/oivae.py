@@ -322,28 +322,36 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
         row = {"lambda": lam, "elbo": s["test"]["elbo"], "distortion": s["test"]["distortion"],
                "rate": s["test"]["rate"], "active_blocks": s.get("active_blocks"),
                "total_blocks": s.get("total_blocks"), "active_latents": s.get("active_latents"),
-               "run": s["sweep"]["name"], "diverged": s["sweep"]["diverged"]}
+               "run": s["sweep"]["name"], "diverged": s["sweep"]["diverged"],
+               "diverged_at_step": s["sweep"]["diverged_at_step"]}
         if "recovery" in s:
             row.update(precision=s["recovery"]["precision"], recall=s["recovery"]["recall"],
                        precision_1pct=s["recovery_1pct"]["precision"], recall_1pct=s["recovery_1pct"]["recall"])
         rows.append(row)
+    if jax.process_index() != 0:  # the maps (reporters' entries) and the files are process 0's
+        return {"sweep": rows, "summaries": summaries}
+    for row in rows:
         log(format_row(row))
     training.write_json(os.path.join(workdir, "sweep.json"), rows)
-    frac = [r["active_blocks"] / r["total_blocks"] for r in rows]
-    viz.save_curve(os.path.join(workdir, "sweep.png"), np.array(frac), np.array([r["elbo"] for r in rows]),
-                   labels=[f"λ={r['lambda']:g}" for r in rows], xlabel="fraction of nonzero blocks ||w_g,j||",
-                   ylabel="test ELBO (nats per image)", title="oi-VAE: sparsity against ELBO")
+    drawn = [r for r in rows if r["active_blocks"] is not None]  # a diverged run has no map
+    if drawn:
+        viz.save_curve(os.path.join(workdir, "sweep.png"), np.array([r["active_blocks"] / r["total_blocks"]
+                                                                     for r in drawn]),
+                       np.array([r["elbo"] for r in drawn]), labels=[f"λ={r['lambda']:g}" for r in drawn],
+                       xlabel="fraction of nonzero blocks ||w_g,j||", ylabel="test ELBO (nats per image)",
+                       title="oi-VAE: sparsity against ELBO")
     return {"sweep": rows, "summaries": summaries}
 
 
 def format_row(row: dict) -> str:
     line = (f"λ = {row['lambda']:g}: test ELBO {row['elbo']:.2f} (distortion {row['distortion']:.2f}, "
-            f"rate {row['rate']:.2f}); {row['active_blocks']} of {row['total_blocks']} blocks nonzero, "
-            f"{row['active_latents']} latents in use")
+            f"rate {row['rate']:.2f})")
+    if row.get("diverged"):
+        return line + f" of the last finite state: diverged at step {row.get('diverged_at_step')}"
+    line += (f"; {row['active_blocks']} of {row['total_blocks']} blocks nonzero, "
+             f"{row['active_latents']} latents in use")
     if "precision" in row:
         line += f"; recovery precision {row['precision']:.3f}, recall {row['recall']:.3f}"
-    if row.get("diverged"):
-        line += " (diverged: the last finite state)"
     return line
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+import jax
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
@@ -77,11 +78,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
         rows.append({"beta": beta, "rate": t["rate"], "distortion": t["distortion"], "elbo": t["elbo"],
                      "active_units": s.get("active_units"), "steps": s["steps"], "data_source": s["data_source"],
                      "run": s["sweep"]["name"], "diverged": s["sweep"]["diverged"]})
-    viz.save_curve(os.path.join(workdir, "rate_distortion.png"), [r["rate"] for r in rows],
-                   [r["distortion"] for r in rows], labels=[f"β={r['beta']:g}" for r in rows],
-                   xlabel="rate: KL(q(z|x) || p(z)), nats", ylabel="distortion: −log p(x|z), nats",
-                   title=f"β-VAE on binarized MNIST ({rows[0]['steps']} steps per β)")
     result = {"runs": rows, "config": config.to_dict()}
+    if jax.process_index() != 0:
+        return result
+    drawn = [r for r in rows if not r["diverged"]]
+    if drawn:
+        viz.save_curve(os.path.join(workdir, "rate_distortion.png"), [r["rate"] for r in drawn],
+                       [r["distortion"] for r in drawn], labels=[f"β={r['beta']:g}" for r in drawn],
+                       xlabel="rate: KL(q(z|x) || p(z)), nats", ylabel="distortion: −log p(x|z), nats",
+                       title=f"β-VAE on binarized MNIST ({drawn[0]['steps']} steps per β)")
     training.write_json(os.path.join(workdir, "sweep.json"), result)
     return result
 

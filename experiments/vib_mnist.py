@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 
+import jax
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
@@ -105,16 +106,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
     for r in rows:
         r["i_zy_lower_bound"] = h_y - r["cross_entropy"]
     result = {"runs": rows, "h_y": h_y, "config": config.to_dict()}
-    plot(result, os.path.join(workdir, "vib_curve.png"))
-    training.write_json(os.path.join(workdir, "sweep.json"), result)
+    if jax.process_index() == 0:
+        plot(result, os.path.join(workdir, "vib_curve.png"))
+        training.write_json(os.path.join(workdir, "sweep.json"), result)
     return result
 
 
 def plot(result: dict, path: str) -> None:
-    """Test error against rate, both on log scales, one labelled point per β."""
+    """Test error against rate, both on log scales, one labelled point per β (diverged runs left out)."""
     from vqjax import viz
 
-    rows = result["runs"]
+    rows = [r for r in result["runs"] if not r.get("diverged")]
+    if not rows:
+        return
     viz.save_curve(path, [r["rate"] for r in rows], [100 * r["error"] for r in rows],
                    labels=[f"β={r['beta']:g}" for r in rows], xlabel="rate: KL(q(z|x) || r(z)) ≥ I(x; z), nats",
                    ylabel="test error, %", title=f"VIB on MNIST ({rows[0]['steps']} steps per β)", logx=True,

@@ -104,8 +104,12 @@ def build_vqvae2(config: ml_collections.ConfigDict):
         model.eval()
         return objectives.reconstruction_mean(model(x).logits, m.likelihood)
 
-    return training.Task(model=lambda rngs: make_vqvae2(config, rngs), objective=objective,
-                         hparams={"model.beta": m.beta}, reporters=(_reporters.reconstructions(reconstruct),))
+    return training.Task(
+        model=lambda rngs: make_vqvae2(config, rngs), objective=objective, hparams={"model.beta": m.beta},
+        # EMA γ and the dead-code threshold live in the quantizers' state (as in experiments.vqvae_mnist)
+        state_hparams=("model.quantizer.ema.decay", "model.quantizer.ema.dead_code_threshold")
+        if m.quantizer.kind == "ema" else (),
+        reporters=(_reporters.reconstructions(reconstruct),))
 
 
 def prior_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

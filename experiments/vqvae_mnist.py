@@ -124,6 +124,9 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
         model=lambda rngs: make_model(config, rngs),
         objective=objective,
         hparams={"model.beta": m.beta},
+        # EMA γ and the dead-code threshold live in the quantizer's state (vqjax.nn.Hyperparameter)
+        state_hparams=("model.quantizer.ema.decay", "model.quantizer.ema.dead_code_threshold")
+        if q.kind == "ema" or (q.kind == "residual" and q.residual.ema) else (),
         init=init_codebook if q.codebook.init == "lloyd" else None,
         reporters=(_reporters.reconstructions(reconstruct), _reporters.code_usage, draw_codebook),
     )

@@ -93,6 +93,10 @@ def test_lambda_sweep_writes_one_run_per_lambda(tmp_path):
     for s in out["summaries"]:  # the reported penalty is λ Σ ||w_g,j|| of the run's own map
         np.testing.assert_allclose(s["test"]["group_lasso"],
                                    s["config"]["model"]["group_lasso"] * np.sum(s["latent_to_group"]), rtol=1e-3)
+    assert oivae.get_sweep() == [{"model.group_lasso": v} for v in oivae.LAMBDAS]
+    # A diverged run has no map: its line says so (the last finite state's ELBO).
+    line = oivae.format_row({**rows[1], "diverged": True, "diverged_at_step": 5, "active_blocks": None})
+    assert line.endswith("diverged at step 5") and "blocks" not in line
     plain = _config(decoder="mlp")
     plain.lambdas = (0.0, 1.0)
     with pytest.raises(ValueError, match="sweeps the group lasso of the grouped decoder"):

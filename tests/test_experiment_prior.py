@@ -166,6 +166,19 @@ def test_vqvae2_experiment_runs_both_stages(idx_dir, tmp_path):
         assert os.path.getsize(tmp_path / name) > 500
 
 
+def test_vqvae2_quantizer_config_takes_the_one_stage_kinds():
+    c = vqvae2_mnist.get_config()
+    assert c.model.quantizer.kind == "ema" and c.model.quantizer.ema.dead_code_threshold == 1.0
+    assert "residual" not in c.model.quantizer and "init" not in c.model.quantizer.codebook
+    c.model.update(hidden=8, residual_hidden=4, num_residual=1)
+    c.model.quantizer.update(kind="fsq", fsq={"levels": (5, 3)})
+    model = vqvae2_mnist.build_vqvae2(c).model(nnx.Rngs(0))
+    assert model.num_codes == (15, 15) and model.quantizer_top.code_dim == 2
+    c.model.quantizer.kind = "residual"
+    with pytest.raises(ValueError, match=r"quantizer\.kind"):
+        vqvae2_mnist.build_vqvae2(c)
+
+
 def test_classifier_program_refuses_the_embedded_digits(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # nothing prepared there: the embedded digits
     c = mnist_classifier.get_config()

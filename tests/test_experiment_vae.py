@@ -119,20 +119,24 @@ def test_vib_sweep_writes_the_accuracy_rate_curve(idx_dir, tmp_path):
 
 
 def test_vib_sweep_trains_every_beta_in_one_group(idx_dir, tmp_path):
-    """The β sweep goes through the sweep engine: one group of stacked runs, each with its own β."""
+    """The β sweep goes through the sweep engine: one group of stacked runs, each with its own β; a
+    run that diverges (β = ∞) is marked and left off the curve, the others finish."""
     c = vib_mnist.get_config()
-    c.betas = (1e-3, 1e-2, 1.0)
+    c.betas = (1e-3, 1e-2, float("inf"))
     c.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
     c.model.update(hidden=(8,), latents=2, num_eval_samples=2)
     c.train.update(steps=2, log_every=2, checkpoint_every=2)
     result = vib_mnist.run(c, str(tmp_path), log=lambda s: None)
     names = [r["run"] for r in result["runs"]]
-    assert names == ["model.beta=0.001", "model.beta=0.01", "model.beta=1"]
+    assert names == ["model.beta=0.001", "model.beta=0.01", "model.beta=inf"]
     summaries = _group_summaries(tmp_path, names)
     assert [s["sweep"]["group_size"] for s in summaries] == [3, 3, 3]
     assert len({s["sweep"]["group"] for s in summaries}) == 1
-    assert [s["config"]["model"]["beta"] for s in summaries] == [1e-3, 1e-2, 1.0]
+    assert [s["config"]["model"]["beta"] for s in summaries] == [1e-3, 1e-2, float("inf")]
     assert all(s["config"]["betas"] == [] for s in summaries)  # each run's config is one run
+    assert [r["diverged"] for r in result["runs"]] == [False, False, True]
+    assert summaries[0]["trained_steps_this_run"] == 2 and np.isfinite(result["runs"][1]["rate"])
+    assert "| inf (diverged) |" in vib_mnist.format_table(result) and (tmp_path / "vib_curve.png").exists()
     assert (tmp_path / "_groups").is_dir()
     assert vib_mnist.get_sweep() == [{"model.beta": b} for b in vib_mnist.BETAS]
     with pytest.raises(ValueError, match="config.betas"):

@@ -363,8 +363,9 @@ def test_residual_module_with_ema_updates_every_stage():
     for s in range(3):
         assert not np.array_equal(after["codebook"][s], before["codebook"][s]), s
         np.testing.assert_allclose(after["weight"][s], 0.1, rtol=1e-6)
-        np.testing.assert_array_equal(after["cluster_size"][s],
-                                      0.1 * np.bincount(np.asarray(out.indices[:, s]), minlength=8).astype(np.float32))
+        # γ is float32 state (a sweep's per-run value), so 1 - γ is 0.1 to float32 rounding
+        np.testing.assert_allclose(after["cluster_size"][s],
+                                   0.1 * np.bincount(np.asarray(out.indices[:, s]), minlength=8), rtol=1e-6)
     np.testing.assert_array_equal(out.codebook_loss, 0.0)
     q.eval()
     _call(q, z)

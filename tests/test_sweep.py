@@ -203,3 +203,20 @@ def test_killed_sweep_resumes_every_run_exactly(idx_dir, tmp_path):
         assert rows[0] == rows[1]
         s = [json.loads((d / name / "summary.json").read_text()) for d in (whole, killed)]
         assert s[0]["test"] == s[1]["test"] and s[1]["resumed_from"] >= 40
+
+
+def test_ema_decay_and_dead_code_threshold_are_swept_in_the_state(idx_dir, tmp_path):
+    """γ and the threshold live in the quantizer's state: one group for every γ and every threshold > 0,
+    another for no restarts (threshold 0 is another program); each run keeps its own values."""
+    config = _tiny(idx_dir, steps=2, log_every=1, checkpoint_every=2)
+    config.model.quantizer.kind = "ema"
+    sweep = training.parse_sweep("model.quantizer.ema.decay=0.9,0.99 * model.quantizer.ema.dead_code_threshold=0,1,2")
+    groups = training.group_members(training.make_members(config, sweep), vqvae_mnist.build)
+    assert sorted(len(g) for g in groups) == [2, 4]
+    summaries = training.train_sweep(config, sweep, str(tmp_path), vqvae_mnist.build, **QUIET)
+    for s in summaries:
+        q = training.load_model(str(tmp_path / s["sweep"]["name"]),
+                                lambda rngs: vqvae_mnist.make_model(config, rngs)).quantizer
+        np.testing.assert_allclose(q.decay[...], s["config"]["model"]["quantizer"]["ema"]["decay"], rtol=1e-6)
+        np.testing.assert_allclose(q.dead_code_threshold[...],
+                                   s["config"]["model"]["quantizer"]["ema"]["dead_code_threshold"])

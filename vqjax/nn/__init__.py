@@ -6,6 +6,7 @@ from vqjax.nn._pixelcnn import GatedLayer, GatedPixelCNN
 from vqjax.nn._quantizers import (
     QUANTIZERS,
     CodebookStatistic,
+    Hyperparameter,
     EMAVectorQuantizer,
     FiniteScalarQuantizer,
     QuantizerOutput,
@@ -22,7 +23,7 @@ from vqjax.nn._vqvae2 import VQVAE2, HierarchicalPrior, VQVAE2Output
 __all__ = [
     "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "VAE", "VAEOutput", "VIBClassifier",
     "Encoder", "Decoder", "VQVAE", "VQVAEOutput", "ResidualBlock", "SubpixelConvTranspose",
-    "QuantizerOutput", "CodebookStatistic", "VectorQuantizer", "EMAVectorQuantizer", "FiniteScalarQuantizer",
+    "QuantizerOutput", "CodebookStatistic", "Hyperparameter", "VectorQuantizer", "EMAVectorQuantizer", "FiniteScalarQuantizer",
     "ResidualVectorQuantizer", "QUANTIZERS", "make_quantizer", "GatedLayer", "GatedPixelCNN", "sample_codes",
     "VQVAE2", "VQVAE2Output", "HierarchicalPrior",
     "GroupedGenerator", "latent_to_group_mask", "LATENT_TO_GROUP",

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vqjax import losses, quantizers
+from vqjax import losses, quantization, quantizers
 from vqjax._checks import check_positive_int
 
 __all__ = [
@@ -47,6 +47,14 @@ class CodebookStatistic(nnx.Variable):
     """A non-trainable codebook variable (EMA codes and statistics): not an ``nnx.Param``."""
 
 
+class Hyperparameter(nnx.Variable):
+    """A hyperparameter held in the module's state, not trained (an EMA decay, a dead-code threshold).
+
+    Being state, it is an array: runs of a sweep stacked on a runs axis each carry their own value
+    in one compiled program.
+    """
+
+
 def _check_positive(**values) -> None:
     for name, v in values.items():
         check_positive_int(v, name)
@@ -59,8 +67,6 @@ def _uniform_codebook(key: jax.Array, shape: tuple[int, ...], num_codes: int) ->
 
 def _lloyd_codebook(z: jax.Array, num_codes: int, key: jax.Array, cosine: bool) -> jax.Array:
     """Generalized Lloyd (k-means++ start) on the rows of ``z [N, D]``."""
-    from vqjax import quantization
-
     if cosine:
         z = quantizers.l2_normalize(z)
     codebook = quantization.generalized_lloyd(z, num_codes, key=key, init="kmeans++", max_iter=50).codebook
@@ -110,10 +116,10 @@ class VectorQuantizer(nnx.Module):
         self.codebook[...] = _lloyd_codebook(z.reshape(-1, self.code_dim), self.num_codes, key, self.cosine)
 
 
-def _ema_step(state: quantizers.EMAState, z, indices, key, *, decay, eps, threshold, cosine):
-    """An EMA update, then (with ``threshold > 0``) dead-code restarts: ``(state, num restarted)``."""
+def _ema_step(state: quantizers.EMAState, z, indices, key, *, decay, eps, threshold, restarts, cosine):
+    """An EMA update, then (with ``restarts``) dead-code restarts below ``threshold``: ``(state, num restarted)``."""
     state = quantizers.ema_update(state, z, indices, decay=decay, eps=eps, cosine=cosine)
-    if threshold <= 0:
+    if not restarts:
         return state, jnp.zeros((), jnp.int32)
     state, dead = quantizers.restart_dead_codes(state, z, key=key, threshold=threshold, cosine=cosine)
     return state, jnp.sum(dead, dtype=jnp.int32)
@@ -143,7 +149,9 @@ class EMAVectorQuantizer(nnx.Module):
     In training mode each call updates the statistics with :func:`vqjax.quantizers.ema_update`
     after quantizing with the current codes, then re-seeds codes whose average usage is below
     ``dead_code_threshold`` vectors per batch (0: never) with :func:`restart_dead_codes`, drawing
-    the rows with ``key``. The loss is the commitment loss only; the codebook loss is 0.
+    the rows with ``key``. The loss is the commitment loss only; the codebook loss is 0. ``decay``
+    and ``dead_code_threshold`` are :class:`Hyperparameter` state (a sweep may vary them per run;
+    whether restarts happen at all is fixed by ``dead_code_threshold > 0``).
     """
 
     num_stages = 1
@@ -165,7 +173,9 @@ class EMAVectorQuantizer(nnx.Module):
         if dead_code_threshold < 0:
             raise ValueError(f"`dead_code_threshold` must be >= 0 (0: no restarts); got {dead_code_threshold!r}.")
         self.num_codes, self.code_dim, self.cosine = num_codes, code_dim, cosine
-        self.decay, self.eps, self.dead_code_threshold = float(decay), float(eps), float(dead_code_threshold)
+        self.eps, self.restarts = float(eps), dead_code_threshold > 0
+        self.decay = Hyperparameter(jnp.float32(decay))
+        self.dead_code_threshold = Hyperparameter(jnp.float32(dead_code_threshold))
         self.deterministic = False  # nnx convention: model.eval() sets True, model.train() False
         codebook = _uniform_codebook(rngs.params(), (num_codes, code_dim), num_codes)
         self.ema = _EMAStatistics(quantizers.l2_normalize(codebook) if cosine else codebook)
@@ -176,10 +186,11 @@ class EMAVectorQuantizer(nnx.Module):
         q = quantizers.quantize(z_in, state.codebook)
         restarted = jnp.zeros((), jnp.int32)
         if not self.deterministic:
-            if self.dead_code_threshold > 0 and key is None:
+            if self.restarts and key is None:
                 raise ValueError("EMAVectorQuantizer with dead-code restarts needs `key` in training mode.")
-            state, restarted = _ema_step(state, z_in, q.indices, key, decay=self.decay, eps=self.eps,
-                                         threshold=self.dead_code_threshold, cosine=self.cosine)
+            state, restarted = _ema_step(state, z_in, q.indices, key, decay=self.decay[...], eps=self.eps,
+                                         threshold=self.dead_code_threshold[...], restarts=self.restarts,
+                                         cosine=self.cosine)
             self.ema.set(state)
         return QuantizerOutput(q.z_q, q.indices, _zero_loss(z), losses.commitment_loss(z_in, q.codes, beta=1.0), restarted)
 
@@ -267,7 +278,13 @@ class ResidualVectorQuantizer(nnx.Module):
     ):
         _check_positive(num_codes=num_codes, code_dim=code_dim, num_stages=num_stages)
         self.num_codes, self.code_dim, self.num_stages, self.ema_codebooks = num_codes, code_dim, num_stages, ema
-        self.decay, self.eps, self.dead_code_threshold = float(decay), float(eps), float(dead_code_threshold)
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"`decay` must be in [0, 1); got {decay!r}.")
+        if dead_code_threshold < 0:
+            raise ValueError(f"`dead_code_threshold` must be >= 0 (0: no restarts); got {dead_code_threshold!r}.")
+        self.eps, self.restarts = float(eps), dead_code_threshold > 0
+        self.decay = Hyperparameter(jnp.float32(decay))  # state: a sweep may vary it per run
+        self.dead_code_threshold = Hyperparameter(jnp.float32(dead_code_threshold))
         self.deterministic = False
         codebooks = _uniform_codebook(rngs.params(), (num_stages, num_codes, code_dim), num_codes)
         if ema:
@@ -286,11 +303,13 @@ class ResidualVectorQuantizer(nnx.Module):
         if self.ema_codebooks:
             codebook = _zero_loss(z)
             if not self.deterministic:
-                if self.dead_code_threshold > 0 and key is None:
+                if self.restarts and key is None:
                     raise ValueError("ResidualVectorQuantizer with dead-code restarts needs `key` in training mode.")
                 keys = jax.random.split(key if key is not None else jax.random.key(0), self.num_stages)
+                decay, threshold = self.decay[...], self.dead_code_threshold[...]
                 step = jax.vmap(lambda s, res, idx, k: _ema_step(
-                    s, res, idx, k, decay=self.decay, eps=self.eps, threshold=self.dead_code_threshold, cosine=False))
+                    s, res, idx, k, decay=decay, eps=self.eps, threshold=threshold, restarts=self.restarts,
+                    cosine=False))
                 state, per_stage = step(self.ema.get(), r.residuals, jnp.moveaxis(r.indices, -1, 0), keys)
                 self.ema.set(state)
                 restarted = jnp.sum(per_stage)

@@ -108,7 +108,7 @@ def ema_update(
     """
     k, d = _check_state(state)
     z, indices = _check_inputs(z, indices, k, d)
-    if not 0.0 <= decay < 1.0:
+    if not isinstance(decay, jax.core.Tracer) and not 0.0 <= decay < 1.0:  # traced: a sweep's per-run γ
         raise ValueError(f"`decay` must be in [0, 1); got {decay!r}.")
     if not eps > 0.0:
         raise ValueError(f"`eps` must be > 0; got {eps!r}.")
@@ -174,7 +174,7 @@ def restart_dead_codes(
     z = jnp.asarray(z)
     if z.ndim < 1 or z.shape[-1] != d:
         raise ValueError(f"`z` must be [..., D] with D = {d} (the codebook's); got shape {z.shape}.")
-    if not threshold > 0:
+    if not isinstance(threshold, jax.core.Tracer) and not threshold > 0:  # traced: checked by the caller
         raise ValueError(f"`threshold` must be > 0; got {threshold!r}.")
     rows = jax.lax.stop_gradient(z).reshape(-1, d).astype(jnp.float32)
     if axis_name is not None:  # gather the global batch, replicated (an all_gather result counts as varying)

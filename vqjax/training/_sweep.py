@@ -69,10 +69,14 @@ def _without(config_dict: dict, paths: set[str]) -> dict:
 
 
 def group_members(members: Sequence[Member], build: Callable[[object], Task]) -> list[list[Member]]:
-    """Members that differ only in sweepable paths (:func:`sweepable`) form a group, in sweep order."""
-    groups: dict[str, list[Member]] = {}
+    """Members that differ only in sweepable paths (:func:`sweepable`) and build models of one
+    structure (the same ``nnx`` graph: e.g. dead-code restarts on or off differ) form a group, in
+    sweep order."""
+    groups: dict[tuple, list[Member]] = {}
     for m in members:
-        key = json.dumps(_without(m.config.to_dict(), sweepable(build(m.config))), sort_keys=True)
+        task = build(m.config)
+        graphdef = nnx.split(nnx.eval_shape(lambda t=task: t.model(nnx.Rngs(0))))[0]
+        key = (json.dumps(_without(m.config.to_dict(), sweepable(task)), sort_keys=True), graphdef)
         groups.setdefault(key, []).append(m)
     return list(groups.values())
 

@@ -1,0 +1,174 @@
+"""Runs·images per second of an 8-run sweep: the sweep engine against the same 8 runs one after another.
+
+    python benchmarks/sweep.py            # VQ-VAE (main job) and MLP VAE, 8 values of β each
+    python benchmarks/sweep.py --quick    # smoke run: fewer, shorter timings
+
+Two models, the ones users sweep most: the VQ-VAE of ``experiments/vqvae_mnist.py`` (K=512, D=64,
+hidden 64, batch 128) at 8 values of β, and the MLP VAE of ``experiments/vae_mnist.py`` (500 hidden
+units, 20 latents, batch 64) at 8 values of β. Each way of training them runs in its own subprocess:
+
+* ``sequential``: one run at a time, as ``python -m experiments.<name>`` trains it by default (one
+  XLA:CPU device using every core); 8 runs one after another take 8 times as long as one.
+* ``engine, <placement>, <n> devices``: the 8 runs stacked in one program
+  (:func:`vqjax.training.make_runs_train_step`) on a ``("runs", "data")`` mesh of ``n`` devices:
+  ``n`` = one single-threaded XLA:CPU device per core, or 1 device; ``placement`` = ``loop`` (a
+  device's runs one after another inside the program), ``vmap`` (batched).
+
+What is timed is the train step on a fixed batch (the data pipeline, evaluation and checkpoints are
+left out, the same for every variant), after a warm-up: the median of the timings, and the peak
+memory above the process's baseline. A table on stdout and ``benchmarks/results/sweep.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import _common
+import numpy as np
+
+RUNS = 8
+BETAS = {"vqvae": [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0], "vae": [0.25, 0.5, 1.0, 1.5, 2.0, 4.0, 8.0, 16.0]}
+BATCH = {"vqvae": 128, "vae": 64}
+
+
+def make_task(model: str):
+    """The experiment's model and objective as a :class:`vqjax.training.Task` (β sweepable)."""
+    from vqjax import objectives, training
+    from vqjax.nn import VAE, VQVAE, MLPDecoder, MLPEncoder, VectorQuantizer
+
+    if model == "vqvae":
+        def make(rngs):
+            return VQVAE(in_channels=1, hidden=64, residual_hidden=32, num_residual=2,
+                         quantizer=VectorQuantizer(512, 64, rngs=rngs), rngs=rngs)
+
+        def objective(m, batch, *, key, step, hparams, weights=None):
+            return objectives.vqvae_objective(m, batch, beta=hparams["model.beta"], key=key, weights=weights)
+    else:
+        def make(rngs):
+            return VAE(MLPEncoder((28, 28, 1), 20, hidden=500, rngs=rngs),
+                       MLPDecoder((28, 28, 1), 20, hidden=500, rngs=rngs), latents=20, likelihood="bernoulli")
+
+        def objective(m, batch, *, key, step, hparams, weights=None):
+            return objectives.vae_objective(m, batch, beta=hparams["model.beta"], key=key, weights=weights)
+
+    return training.Task(model=make, objective=objective, hparams={"model.beta": 1.0})
+
+
+def images(batch: int) -> np.ndarray:
+    return np.random.default_rng(0).uniform(size=(batch, 28, 28, 1)).astype(np.float32)
+
+
+def worker(model: str, way: str, devices: int, timings: int, steps: int) -> dict:
+    from vqjax import training
+
+    if way != "sequential":
+        training.use_cpu_cores_as_devices((BATCH[model],), max_devices=devices)
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    task = make_task(model)
+    batch = {"image": images(BATCH[model])}
+
+    def optimizer(hparams):
+        return optax.adam(hparams["optimizer.learning_rate"])
+
+    if way == "sequential":
+        tx = optax.adam(1e-3)
+        graphdef, state = training.init_train_state(task.model(nnx.Rngs(0)), tx, seed=0)
+        step = training.make_train_step(graphdef, tx, task.objective)
+        mesh = training.make_mesh()
+        hp = {"model.beta": jnp.float32(BETAS[model][0])}
+        holder = [training.replicate(state, mesh)]
+        batch = training.shard_batch(batch, mesh)
+
+        def run():
+            s = holder[0]
+            for _ in range(steps):
+                s, _ = step(s, batch, hp)
+            holder[0] = jax.block_until_ready(s)
+
+        runs_per_call = 1
+    else:
+        placement = way
+        states = []
+        for r in range(RUNS):
+            graphdef, state = training.init_train_state(task.model(nnx.Rngs(r)), optax.adam(1e-3), seed=r)
+            states.append(state)
+        stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *states)
+        hp = {"model.beta": np.asarray(BETAS[model], np.float32), "optimizer.learning_rate": np.full(RUNS, 1e-3,
+                                                                                                      np.float32)}
+        mesh = training.make_sweep_mesh(RUNS)
+        from vqjax.training import _mesh
+
+        step = training.make_runs_train_step(graphdef, optimizer, task.objective, mesh, placement=placement)
+        with jax.set_mesh(mesh):
+            state, diverged, hp = _mesh.put_global((stacked, np.zeros(RUNS, bool), hp), mesh, jax.P("runs"))
+            batch = _mesh.put_global(batch, mesh, jax.P("data"))
+        holder = [(state, diverged)]
+
+        def run():
+            s, d = holder[0]
+            with jax.set_mesh(mesh):
+                for _ in range(steps):
+                    s, d, _ = step(s, d, batch, hp)
+            holder[0] = jax.block_until_ready((s, d))
+
+        runs_per_call = RUNS
+    times, peak = _common.time_calls(run, repeats=timings, warmup=1)
+    seconds = _common.median(times)
+    return {"model": model, "way": way, "devices": jax.device_count(), "runs": runs_per_call,
+            "seconds_per_step": seconds / steps,
+            "run_images_per_sec": runs_per_call * steps * BATCH[model] / seconds,
+            "peak_gib": round(peak, 3), "times": times}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--worker", nargs=3, metavar=("MODEL", "WAY", "DEVICES"))
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--timings", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--models", default="vqvae,vae")
+    args = p.parse_args()
+    timings = args.timings or (2 if args.quick else 5)
+    steps = args.steps or (3 if args.quick else 10)
+    if args.worker:
+        model, way, devices = args.worker
+        _common.emit(worker(model, way, int(devices), timings, steps))
+        return
+    env = _common.environment()
+    _common.warn_if_busy(env)
+    cores = len(os.sched_getaffinity(0))
+    ways = [("sequential", 1), ("loop", cores), ("vmap", cores), ("vmap", 1)]
+    rows, results = [], []
+    for model in args.models.split(","):
+        base = None
+        for way, devices in ways:
+            r = _common.run_worker(__file__, model, [way, str(devices), "--timings", str(timings), "--steps",
+                                                     str(steps)])
+            r.setdefault("model", model)
+            r.setdefault("way", way)
+            results.append(r)
+            if "error" in r:
+                rows.append([model, way, str(devices), "error: " + r["error"][:80], "", "", ""])
+                continue
+            base = base or r["run_images_per_sec"]
+            label = "8 runs one after another" if way == "sequential" else f"engine, {way}"
+            rows.append([model, label, str(r["devices"]), f"{r['run_images_per_sec']:,.0f}",
+                         f"{r['run_images_per_sec'] / base:.2f}x", f"{RUNS * BATCH[model] / r['run_images_per_sec']:.3f}"
+                         if way != "sequential" else f"{RUNS * r['seconds_per_step']:.3f}", f"{r['peak_gib']:.2f}"])
+            print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+    print(_common.describe_environment(env))
+    print(_common.markdown_table(["model", "how the 8 runs train", "devices", "runs·images/s", "vs sequential",
+                                  "s per step of all 8 runs", "peak GiB"], rows))
+    _common.write_json(os.path.join(_common.RESULTS_DIR, "sweep.json"),
+                       {"environment": env, "runs": RUNS, "betas": BETAS, "batch": BATCH, "timings": timings,
+                        "steps": steps, "results": results})
+
+
+if __name__ == "__main__":
+    main()
