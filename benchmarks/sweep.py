@@ -11,8 +11,10 @@ units, 20 latents, batch 64) at 8 values of β. Each way of training them runs i
   XLA:CPU device using every core); 8 runs one after another take 8 times as long as one.
 * ``engine, <placement>, <n> devices``: the 8 runs stacked in one program
   (:func:`vqjax.training.make_runs_train_step`) on a ``("runs", "data")`` mesh of ``n`` devices:
-  ``n`` = one single-threaded XLA:CPU device per core, or 1 device; ``placement`` = ``loop`` (a
-  device's runs one after another inside the program), ``vmap`` (batched).
+  ``n`` = one single-threaded XLA:CPU device per core, or 1 device; ``placement`` = ``waves`` (one
+  run per device at a time: the group's runs in chunks of ``n``, each chunk one call of the step, the
+  chunks by turns at every step; the CPU default), ``loop`` (a device's runs one after another inside
+  one program), ``vmap`` (a device's runs batched in one program; the GPU/TPU default).
 
 What is timed is the train step on a fixed batch (the data pipeline, evaluation and checkpoints are
 left out, the same for every variant), after a warm-up: the median of the timings, and the peak
@@ -63,7 +65,12 @@ def images(batch: int) -> np.ndarray:
 def worker(model: str, way: str, devices: int, timings: int, steps: int) -> dict:
     from vqjax import training
 
-    if way != "sequential":
+    if way.endswith("+eigen"):  # per-core devices that keep XLA's threaded Eigen kernels
+        way = way[: -len("+eigen")]
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", devices)
+    elif way != "sequential":
         training.use_cpu_cores_as_devices((BATCH[model],), max_devices=devices)
     import jax
     import jax.numpy as jnp
@@ -105,17 +112,19 @@ def worker(model: str, way: str, devices: int, timings: int, steps: int) -> dict
         from vqjax.training import _mesh
 
         step = training.make_runs_train_step(graphdef, optimizer, task.objective, mesh, placement=placement)
+        width = mesh.shape["runs"] if placement == "waves" else RUNS  # as vqjax.training.train_group chunks
+        chunks = [slice(i, i + width) for i in range(0, RUNS, width)]
         with jax.set_mesh(mesh):
-            state, diverged, hp = _mesh.put_global((stacked, np.zeros(RUNS, bool), hp), mesh, jax.P("runs"))
+            holder = [_mesh.put_global([(jax.tree.map(lambda x, c=c: x[c], stacked), np.zeros(c.stop - c.start, bool),
+                                         {k: v[c] for k, v in hp.items()}) for c in chunks], mesh, jax.P("runs"))]
             batch = _mesh.put_global(batch, mesh, jax.P("data"))
-        holder = [(state, diverged)]
 
         def run():
-            s, d = holder[0]
+            parts = holder[0]
             with jax.set_mesh(mesh):
                 for _ in range(steps):
-                    s, d, _ = step(s, d, batch, hp)
-            holder[0] = jax.block_until_ready((s, d))
+                    parts = [(*step(s, d, batch, h)[:2], h) for s, d, h in parts]
+            holder[0] = jax.block_until_ready(parts)
 
         runs_per_call = RUNS
     times, peak = _common.time_calls(run, repeats=timings, warmup=1)
@@ -143,7 +152,7 @@ def main() -> None:
     env = _common.environment()
     _common.warn_if_busy(env)
     cores = len(os.sched_getaffinity(0))
-    ways = [("sequential", 1), ("loop", cores), ("vmap", cores), ("vmap", 1)]
+    ways = [("sequential", 1), ("waves", cores), ("loop", cores), ("vmap", cores), ("vmap", 1)]
     rows, results = [], []
     for model in args.models.split(","):
         base = None

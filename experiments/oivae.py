@@ -206,13 +206,9 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
         del step
         if not grouped:
             return objectives.vae_objective(model, batch, key=key, dynamic_binarization=r["binarize"], weights=weights)
-        # oivae_objective checks `group_lasso >= 0` in Python, which a traced λ cannot pass; the
-        # reported penalty is linear in λ (the loss does not depend on it): evaluate it at λ = 1 and scale.
-        # TODO: pass group_lasso=hparams[GROUP_LASSO] once oivae_objective takes a traced λ.
-        loss, metrics = objectives.oivae_objective(model, batch, key=key, group_lasso=1.0,
-                                                   generator_prior_scale=r["generator_prior_scale"] or None,
-                                                   dynamic_binarization=r["binarize"], weights=weights)
-        return loss, scale_group_lasso(metrics, hparams[GROUP_LASSO])
+        return objectives.oivae_objective(model, batch, key=key, group_lasso=hparams[GROUP_LASSO],
+                                          generator_prior_scale=r["generator_prior_scale"] or None,
+                                          dynamic_binarization=r["binarize"], weights=weights)
 
     def reconstruct(model, x):
         mean, _ = model.encode(x)
@@ -228,16 +224,6 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
         **({"optimizer": optimizer(config)} if grouped else {}),
         reporters=(_reporters.reconstructions(reconstruct), draw_pictures),
     )
-
-
-def scale_group_lasso(metrics: dict, lam) -> dict:
-    """``oivae_objective``'s metrics at λ = 1 -> at ``lam``: the group lasso and the objective that includes it."""
-    out = dict(metrics)
-    for prefix in ("", "sum/"):
-        unit = metrics[f"{prefix}group_lasso"]
-        out[f"{prefix}group_lasso"] = lam * unit
-        out[f"{prefix}objective"] = metrics[f"{prefix}objective"] + (lam - 1.0) * unit
-    return out
 
 
 def latent_to_group(model: VAE) -> np.ndarray | None:

@@ -36,11 +36,13 @@ from ml_collections import config_flags
 
 from experiments import _program
 
-_PLACEMENT = flags.DEFINE_enum("placement", None, ["vmap", "loop"],
-                               "How a device trains its runs: vmapped (GPU/TPU default) or one after another "
-                               "(CPU default).")
+_PLACEMENT = flags.DEFINE_enum("placement", None, ["vmap", "loop", "waves"],
+                               "How a device trains its runs: vmapped in one program (GPU/TPU default), one after "
+                               "another in one program, or one run per device per program call (CPU default).")
 _SWEEP = flags.DEFINE_string("sweep", None, "The sweep, e.g. 'model.beta=0.1,1 * seed=0,1'; default: get_sweep().")
 _INDEX = flags.DEFINE_integer("sweep_index", None, "Train only this member (for a cluster's job arrays).")
+_CPU_DEVICES = flags.DEFINE_bool("cpu_devices_per_core", True,
+                                 "On a CPU host, one XLA device per core, each training its own runs (no collectives).")
 _LIST = flags.DEFINE_bool("list", False, "Print the members (index, name, group) and exit.")
 _COLLECT = flags.DEFINE_bool("collect", False, "Only gather the finished runs' summaries into the table and plots.")
 
@@ -138,10 +140,11 @@ def main(argv):
 
     config = _CONFIG.value
     module = experiment_module(config_flags.get_config_filename(flags.FLAGS["config"]))
-    _program.start(cpu_devices_per_core=config.get("cpu_devices_per_core", False),
-                   batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
+    _program.start()
     sweep = sweep_of(module, _SWEEP.value)
     members = training.make_members(config, sweep)
+    if _CPU_DEVICES.value:  # one single-threaded XLA:CPU device per core, at most one per run
+        training.use_cpu_cores_as_devices((), max_devices=1 if _INDEX.value is not None else len(members))
     workdir = _WORKDIR.value or os.path.join("runs", f"sweep_{module.__name__.split('.')[-1]}")
     if _LIST.value:
         groups = training.group_members(members, module.build)

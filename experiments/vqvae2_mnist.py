@@ -48,6 +48,8 @@ def quantizer_config() -> ml_collections.ConfigDict:
 
 
 def get_config() -> ml_collections.ConfigDict:
+    """Stage 1: VQ-VAE-2 (K=512, D=64 at both levels, β=0.25) for 2,000 steps; stage 2 (``prior``): the
+    hierarchical prior with the optimizer, train and sample blocks of :mod:`experiments.vqvae_prior_mnist`."""
     c = common.base_config(
         data={"batch_size": 128, "eval_batch_size": 500},
         optimizer={"learning_rate": 1e-3, "warmup_steps": 100},

@@ -194,7 +194,7 @@ def test_two_processes_train_a_sweep_like_one_and_resume_exactly_after_sigkill(i
         for job in jobs:
             job.kill()
 
-    # 2-process jobs over 8 devices; the killed one resumed from the group's checkpoint.
+    # Every launch trained over 8 devices; the killed one resumed from the group's checkpoint.
     for job in (uninterrupted, resumed, single):
         assert "4 runs in 1 group(s) of [4] on 8 device(s)" in job.log(0), job.name
     assert f"Resumed the group of 4 runs from its checkpoint at step {CHECKPOINT_EVERY}" in resumed.log(0)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from vqjax import losses, quantizers
+from vqjax._checks import check_nonnegative
 from vqjax.nn import VAE, VQVAE, VQVAE2, GatedPixelCNN, HierarchicalPrior, VIBClassifier
 
 __all__ = [
@@ -366,8 +367,7 @@ def oivae_objective(
         raise ValueError(f"`model.decoder` must be a vqjax.nn.GroupedGenerator; got {type(decoder).__name__}.")
     if generator_prior_scale is not None and not generator_prior_scale > 0:
         raise ValueError(f"`generator_prior_scale` must be > 0 or None; got {generator_prior_scale!r}.")
-    if not group_lasso >= 0:
-        raise ValueError(f"`group_lasso` must be >= 0; got {group_lasso!r}.")
+    check_nonnegative(group_lasso, "group_lasso")  # a traced λ (a sweep's per-run value) is the caller's
     loss, metrics = vae_objective(model, batch, key=key, dynamic_binarization=dynamic_binarization,
                                   weights=weights)
     prior = jnp.zeros((), jnp.float32)

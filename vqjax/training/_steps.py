@@ -11,9 +11,9 @@ import optax
 from flax import nnx
 
 from vqjax.training._mesh import RUNS_AXIS
-from vqjax.training._state import TrainState, all_finite, eval_key, step_key
+from vqjax.training._state import TrainState, eval_key, step_key
 
-PLACEMENTS = ("vmap", "loop")
+PLACEMENTS = ("vmap", "loop", "waves")
 
 
 def train_step_fn(graphdef, optimizer: Callable[[dict], optax.GradientTransformation], objective) -> Callable:
@@ -24,8 +24,26 @@ def train_step_fn(graphdef, optimizer: Callable[[dict], optax.GradientTransforma
     ``nnx.Param`` variables; the model is in training mode and variables the objective changes in
     place (``rest``: EMA codebooks, batch statistics) are carried over.
     """
+    guarded = guarded_train_step_fn(graphdef, optimizer, objective)
 
     def step(state: TrainState, batch: Any, hparams: dict):
+        new, _, metrics = guarded(state, None, hparams, batch)
+        return new, metrics
+
+    return step
+
+
+def guarded_train_step_fn(graphdef, optimizer, objective) -> Callable:
+    """``step(state, diverged, hparams, batch) -> (state, diverged, metrics)``: one run's step that
+    freezes a diverging run (``diverged=None``: no guard).
+
+    ``diverged`` ([] bool) becomes set when the loss or the gradient is not finite; from then on
+    the state stays as it was before that step (the last state with a finite loss and gradient).
+    The test comes before the update, so XLA fuses the choice into the update's own pass over the
+    parameters and optimizer state (a select after the update would cost another pass).
+    """
+
+    def step(state: TrainState, diverged, hparams: dict, batch: Any):
         def loss_fn(params):
             # copy=True: fresh Variables of this trace, which the objective may update in place (flax#5050)
             model = nnx.merge(graphdef, params, state.rest, copy=True)
@@ -34,12 +52,17 @@ def train_step_fn(graphdef, optimizer: Callable[[dict], optax.GradientTransforma
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, rest)
 
-        (_, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.tree.norm(grads)
         tx = optimizer(hparams)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-        return TrainState(state.step + 1, params, rest, opt_state, state.key), metrics
+        metrics = dict(metrics, grad_norm=grad_norm)
+        new = TrainState(state.step + 1, params, rest, opt_state, state.key)
+        if diverged is None:
+            return new, None, metrics
+        diverged = diverged | ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+        return jax.tree.map(lambda n, o: jnp.where(diverged, o, n), new, state), diverged, metrics
 
     return step
 
@@ -82,7 +105,7 @@ def _over_local_runs(fn: Callable, placement: str, num_shared: int) -> Callable:
     axis ``[r, ...]`` (as do the outputs), the last ``num_shared`` (the batch) are the same for all."""
     if placement == "vmap":
         return lambda *args: jax.vmap(fn, in_axes=(0,) * (len(args) - num_shared) + (None,) * num_shared)(*args)
-    if placement != "loop":
+    if placement not in ("loop", "waves"):
         raise ValueError(f"`placement` must be one of {PLACEMENTS}; got {placement!r}.")
 
     def looped(*args):  # one run after another on the device: no batched (grouped) convolutions
@@ -101,20 +124,12 @@ def make_runs_train_step(graphdef, optimizer, objective, mesh, *, placement: str
     batch is shared by every run and sharded over ``"data"`` (each run's gradient is averaged over
     its ``"data"`` devices by the compiler; runs never exchange anything). Inside a device the local
     runs are ``jax.vmap``-ed (``placement="vmap"``: one batched program, the win on GPU/TPU) or
-    run one after another (``"loop"``: the win on XLA:CPU, which runs batched convolutions slowly).
+    run one after another (``"loop"``). With one run per device both are the plain step.
 
-    A run whose loss or updated parameters are not finite is frozen: it keeps its last finite state
-    and ``diverged`` (``[R]`` bool) stays set; the other runs go on.
+    A run whose loss or gradient is not finite is frozen (:func:`guarded_train_step_fn`) and
+    ``diverged`` (``[R]`` bool) stays set; the other runs go on.
     """
-    one = train_step_fn(graphdef, optimizer, objective)
-
-    def guarded(state, diverged, hparams, batch):
-        new, metrics = one(state, batch, hparams)
-        diverged = diverged | ~(jnp.isfinite(metrics["loss"]) & all_finite(new.params))
-        new = jax.tree.map(lambda n, o: jnp.where(diverged, o, n), new, state)
-        return new, diverged, metrics
-
-    local = _over_local_runs(guarded, placement, num_shared=1)
+    local = _over_local_runs(guarded_train_step_fn(graphdef, optimizer, objective), placement, num_shared=1)
     runs = jax.P(RUNS_AXIS)
 
     def step(state, diverged, batch, hparams):

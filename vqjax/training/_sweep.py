@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 
@@ -82,8 +83,9 @@ def group_members(members: Sequence[Member], build: Callable[[object], Task]) ->
 
 
 def default_placement() -> str:
-    """``"loop"`` on XLA:CPU (runs one after another inside a device), ``"vmap"`` on GPU and TPU."""
-    return "loop" if jax.default_backend() == "cpu" else "vmap"
+    """``"waves"`` on XLA:CPU (one run per device at a time), ``"vmap"`` on GPU and TPU
+    (``benchmarks/sweep.py`` measures each)."""
+    return "waves" if jax.default_backend() == "cpu" else "vmap"
 
 
 def group_id(members: Sequence[Member]) -> str:
@@ -119,6 +121,11 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
     tasks = [build(m.config) for m in members]
     steps, batch_size = int(config.train.steps), int(config.data.batch_size)
     eval_batch_size = int(config.data.eval_batch_size)
+    if devices is None and jax.default_backend() == "cpu":
+        # XLA:CPU can deadlock in a collective between single-threaded devices: on CPU a run's batch is
+        # never split, the devices a group cannot fill with runs stay idle.
+        runs_axis, _ = _mesh.sweep_mesh_shape(len(members), jax.device_count())
+        devices = jax.devices()[:runs_axis]
     mesh = _mesh.make_sweep_mesh(len(members), devices)
     runs_axis, data_axis = mesh.shape[_mesh.RUNS_AXIS], mesh.shape[_mesh.DATA_AXIS]
     for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
@@ -137,21 +144,25 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
     graphdef, _, optimizer = built[0]
     _check_same_shapes(padded, [b[1] for b in built])
     hparams = stack([{k: np.float32(v) for k, v in task_hparams(t, m.config).items()} for t, m in zip(tasks, padded)])
-    state = stack([b[1] for b in built])
+    # Chunks trained by turns, step by step: "waves" puts one run per device at a time.
+    width = runs_axis if placement == "waves" else len(padded)
+    chunks = [slice(i, i + width) for i in range(0, len(padded), width)]
+    states = [stack([b[1] for b in built[c]]) for c in chunks]
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(built[0][1].params))
     del built
-    diverged = np.zeros((len(padded),), bool)
+    hparams = [jax.tree.map(lambda x, c=c: x[c], hparams) for c in chunks]
+    diverged = [np.zeros((c.stop - c.start,), bool) for c in chunks]
     runs = jax.P(_mesh.RUNS_AXIS)
     gdir = os.path.join(workdir, "_groups", group_id(members))
 
     with jax.set_mesh(mesh):
-        state, diverged, hparams = _mesh.put_global((state, diverged, hparams), mesh, runs)
+        states, diverged, hparams = _mesh.put_global((states, diverged, hparams), mesh, runs)
         mgr = _checkpoints.checkpoint_manager(os.path.join(gdir, "checkpoints"),
                                               keep=int(config.train.get("keep_checkpoints", 3)))
         latest = mgr.latest_step()
         if latest is not None:
-            restored = _checkpoints.restore(mgr, latest, {"state": state, "diverged": diverged}, train_iter)
-            state, diverged = restored["state"], restored["diverged"]
+            restored = _checkpoints.restore(mgr, latest, {"state": states, "diverged": diverged}, train_iter)
+            states, diverged = restored["state"], restored["diverged"]
             log(f"Resumed the group of {len(members)} runs from its checkpoint at step {latest} in {gdir}.")
         start = latest or 0
         train_step = _steps.make_runs_train_step(graphdef, optimizer, tasks[0].objective, mesh, placement=placement)
@@ -168,9 +179,12 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
             return _mesh.put_global(tree, mesh, jax.P(_mesh.DATA_AXIS))
 
         def evaluate(step_fn, size, desc=None):
-            totals = _evaluation.evaluate_totals(lambda b, w: step_fn(state, b, w, hparams), test_src, put_batch,
-                                                 batch_size=size, local=False, desc=desc)
-            totals = _mesh.to_host(totals)
+            def all_chunks(b, w):
+                outs = [_mesh.to_host(step_fn(s, b, w, hp)) for s, hp in zip(states, hparams)]
+                return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+            totals = _evaluation.evaluate_totals(all_chunks, test_src, put_batch, batch_size=size, local=False,
+                                                 desc=desc)
             return [_evaluation.summarize({k: v[r] for k, v in totals.items()}) for r in range(len(members))]
 
         log_every, ckpt_every = int(config.train.log_every), int(config.train.checkpoint_every)
@@ -181,24 +195,28 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
                    disable=not is_main or start >= steps, mininterval=1.0)
         step = start
         while step < steps:
-            state, diverged, metrics = train_step(state, diverged, put_batch(next(train_iter)), hparams)
+            batch = put_batch(next(train_iter))
+            metrics = []
+            for i in range(len(chunks)):
+                states[i], diverged[i], m = train_step(states[i], diverged[i], batch, hparams[i])
+                metrics.append(scalars(m, ndim=1))
             step += 1
             n_interval += 1
-            pending.append(scalars(metrics, ndim=1))
+            pending.append(metrics)
             bar.update(1)
             if step % log_every == 0 or step % ckpt_every == 0 or step == steps:
-                mean = mean_metrics(_mesh.to_host(pending))
+                mean = mean_metrics([jax.tree.map(lambda *xs: np.concatenate(xs), *m) for m in _mesh.to_host(pending)])
                 pending = []
                 elapsed = time.perf_counter() - t_interval
                 train_seconds += elapsed
                 t_interval, n_interval = time.perf_counter(), 0
-                flags = _mesh.to_host(diverged)
+                flags = np.concatenate(_mesh.to_host(diverged))
                 for r, writer in enumerate(writers):
                     if not flags[r]:
                         writer.write(step, "train", {k: v[r] for k, v in mean.items()})
                 bar.set_postfix(diverged=int(flags[:len(members)].sum()))
                 if step % ckpt_every == 0 or step == steps:
-                    _checkpoints.save(mgr, step, {"state": state, "diverged": diverged}, train_iter)
+                    _checkpoints.save(mgr, step, {"state": states, "diverged": diverged}, train_iter)
             if eval_every and step % eval_every == 0 and step < steps:
                 t_eval = time.perf_counter()
                 for writer, ev in zip(writers, evaluate(eval_step, eval_batch_size)):
@@ -218,7 +236,8 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
                             extra.batch_size, desc=f"test {name}")
             for ev, mo in zip(tests, more):
                 ev.update({k: v for k, v in mo.items() if k not in ("num_examples", "_counts")})
-        host_state, flags = _mesh.to_host((state, diverged))
+        host_states, flags = _mesh.to_host((states, diverged))
+        host_state, flags = jax.tree.map(lambda *xs: np.concatenate(xs), *host_states), np.concatenate(flags)
 
     summaries = []
     seconds_per_run = train_seconds / len(members)
@@ -269,6 +288,11 @@ def _write_run_checkpoint(run_dir: str, state, step: int, data_iter, keep: int) 
         _checkpoints.save(mgr, step, state, data_iter)
     mgr.wait_until_finished()
     mgr.close()
+    # The iterator is a single-process run's (every process reads the whole batch): name its state so.
+    if jax.process_count() > 1 and jax.process_index() == 0:
+        d = os.path.join(run_dir, "checkpoints", str(step), "data")
+        shutil.copyfile(os.path.join(d, f"process_0-of-{jax.process_count()}.json"),
+                        os.path.join(d, "process_0-of-1.json"))
 
 
 def train_sweep(base_config, sweep: Sequence[Overrides], workdir: str, build: Callable[[object], Task], *,
