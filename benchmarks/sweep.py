@@ -135,6 +135,44 @@ def worker(model: str, way: str, devices: int, timings: int, steps: int) -> dict
             "peak_gib": round(peak, 3), "times": times}
 
 
+CHIPS = {"TPU v5e": (16, 197e12), "TPU v4": (32, 275e12)}  # HBM GiB, peak bf16 FLOP/s per chip (Google's specs)
+
+
+def costs(model: str) -> dict:
+    """One run's train step as XLA compiles it: FLOPs, state bytes and working memory (for the arithmetic)."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from vqjax import training
+
+    task = make_task(model)
+    tx = optax.adam(1e-3)
+    graphdef, state = training.init_train_state(task.model(nnx.Rngs(0)), tx, seed=0)
+    step = jax.jit(training._steps.train_step_fn(graphdef, lambda hp: tx, task.objective), donate_argnums=0)
+    compiled = step.lower(state, {"image": images(BATCH[model])}, {"model.beta": np.float32(1.0)}).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    mem = compiled.memory_analysis()
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    return {"model": model, "flops_per_step": float(cost["flops"]), "state_bytes": int(state_bytes),
+            "temp_bytes": int(mem.temp_size_in_bytes), "batch": BATCH[model],
+            "params": int(sum(x.size for x in jax.tree.leaves(state.params)))}
+
+
+def arithmetic(c: dict) -> list[str]:
+    per_run = c["state_bytes"] + c["temp_bytes"]
+    out = [f"{c['model']}: {c['params']:,} parameters; per run {c['state_bytes'] / 2**20:.1f} MiB of state "
+           f"(parameters + Adam moments) + {c['temp_bytes'] / 2**20:.1f} MiB of XLA working memory at batch "
+           f"{c['batch']} = {per_run / 2**20:.1f} MiB; {c['flops_per_step'] / 1e9:.2f} GFLOP per step"]
+    for chip, (hbm, peak) in CHIPS.items():
+        runs = int(0.9 * hbm * 2**30 // per_run)
+        out.append(f"  {chip}: {hbm} GiB HBM / {per_run / 2**20:.1f} MiB ≈ {runs:,} runs in memory (90 % of HBM); "
+                   f"at 30 % of {peak / 1e12:.0f} TFLOP/s a step of one run takes "
+                   f"{c['flops_per_step'] / (0.3 * peak) * 1e6:.1f} µs of compute")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", nargs=3, metavar=("MODEL", "WAY", "DEVICES"))
@@ -145,6 +183,9 @@ def main() -> None:
     args = p.parse_args()
     timings = args.timings or (2 if args.quick else 5)
     steps = args.steps or (3 if args.quick else 10)
+    if args.worker and args.worker[1] == "costs":
+        _common.emit(costs(args.worker[0]))
+        return
     if args.worker:
         model, way, devices = args.worker
         _common.emit(worker(model, way, int(devices), timings, steps))
@@ -171,9 +212,15 @@ def main() -> None:
                          f"{r['run_images_per_sec'] / base:.2f}x", f"{RUNS * BATCH[model] / r['run_images_per_sec']:.3f}"
                          if way != "sequential" else f"{RUNS * r['seconds_per_step']:.3f}", f"{r['peak_gib']:.2f}"])
             print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+    lines = []
+    for model in args.models.split(","):
+        c = _common.run_worker(__file__, model, ["costs", "1"])
+        results.append({"costs": c})
+        lines += arithmetic(c) if "error" not in c else [f"{model}: {c['error']}"]
     print(_common.describe_environment(env))
     print(_common.markdown_table(["model", "how the 8 runs train", "devices", "runs·images/s", "vs sequential",
                                   "s per step of all 8 runs", "peak GiB"], rows))
+    print("\n".join(lines))
     _common.write_json(os.path.join(_common.RESULTS_DIR, "sweep.json"),
                        {"environment": env, "runs": RUNS, "betas": BETAS, "batch": BATCH, "timings": timings,
                         "steps": steps, "results": results})

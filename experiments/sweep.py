@@ -30,11 +30,14 @@ import importlib
 import importlib.util
 import json
 import os
+import time
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import _program
+from vqjax import training, viz
 
 _PLACEMENT = flags.DEFINE_enum("placement", None, ["vmap", "loop", "waves"],
                                "How a device trains its runs: vmapped in one program (GPU/TPU default), one after "
@@ -61,8 +64,6 @@ def experiment_module(config_path: str):
 
 
 def sweep_of(module, text: str | None):
-    from vqjax import training
-
     if text:
         return training.parse_sweep(text)
     if not hasattr(module, "get_sweep"):
@@ -98,8 +99,6 @@ def _fmt(v) -> str:
 
 def write_results(workdir: str, rows: list[dict], *, wall_seconds: float | None = None) -> str:
     """``sweep.json``, ``results.md``, ``results.csv`` and the plots; returns the markdown table."""
-    from vqjax import training, viz
-
     paths = swept_paths(rows)
     metrics = list(dict.fromkeys(k for r in rows for k in r["test"] if k != "num_examples"))
     training.write_json(os.path.join(workdir, "sweep.json"), {"runs": rows, "wall_seconds": wall_seconds})
@@ -134,10 +133,6 @@ def write_results(workdir: str, rows: list[dict], *, wall_seconds: float | None 
 
 def main(argv):
     del argv
-    import time
-
-    from vqjax import training
-
     config = _CONFIG.value
     module = experiment_module(config_flags.get_config_filename(flags.FLAGS["config"]))
     _program.start()
@@ -158,8 +153,6 @@ def main(argv):
         wall = time.perf_counter() - t0
     else:
         wall = None
-    import jax
-
     if jax.process_index() == 0:
         rows = collect(workdir, members)
         table = write_results(workdir, rows, wall_seconds=wall if _INDEX.value is None else None)

@@ -36,7 +36,14 @@ from vqjax.training._steps import (
     make_runs_train_step,
     make_train_step,
 )
-from vqjax.training._sweep import Member, default_placement, group_members, make_members, train_group, train_sweep
+from vqjax.training._sweep import (
+    Member,
+    default_placement,
+    group_members,
+    make_members,
+    train_group,
+    train_sweep,
+)
 from vqjax.training._sweep_spec import apply_overrides, member_name, parse_sweep, product, values, zipped
 from vqjax.training._task import (
     SCHEDULES,

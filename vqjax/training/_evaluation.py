@@ -7,6 +7,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
+
+from vqjax import data as data_lib
+from vqjax.training._mesh import shard_batch
 
 
 def _perplexity(counts: np.ndarray) -> np.ndarray:
@@ -49,10 +53,6 @@ def evaluate_totals(eval_step: Callable, source, put: Callable, *, batch_size: i
     position in ``source`` on one host (padding rows get indices past the end). With ``local``, each
     process reads its own shard of the split; otherwise every process reads all of it.
     """
-    from tqdm import tqdm
-
-    from vqjax import data as data_lib
-
     procs, me = (jax.process_count(), jax.process_index()) if local else (1, 0)
     it = data_lib.make_pipeline(source, batch_size=batch_size, seed=0, shuffle=False, repeat=False,
                                 drop_remainder=False, process_index=me, process_count=procs)
@@ -83,8 +83,6 @@ def evaluate(eval_step, state, source, mesh, *, batch_size: int, desc: str | Non
     ``eval_step`` is :func:`vqjax.training.make_eval_step`'s; each process reads its own rows and
     the batch is sharded over the mesh axis ``"data"``.
     """
-    from vqjax.training._mesh import shard_batch
-
     totals = evaluate_totals(lambda b, w: eval_step(state, b, w, hparams), source,
                              lambda tree: shard_batch(tree, mesh), batch_size=batch_size, desc=desc)
     return summarize(jax.device_get(totals))

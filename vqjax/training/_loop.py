@@ -9,10 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
+from vqjax import data as data_lib
 from vqjax.training import _checkpoints, _evaluation, _mesh, _steps
 from vqjax.training._metrics import MetricsWriter
-from vqjax.training._state import TrainState, all_finite, init_train_state
+from vqjax.training._state import TrainState, all_finite
 from vqjax.training._task import LEARNING_RATE, Task, learning_rate_schedule, task_hparams
 
 
@@ -35,8 +37,6 @@ def check_config(config) -> None:
 
 def sources(config, *, log=print):
     """``(train, test)`` sources of ``config.data``."""
-    from vqjax import data as data_lib
-
     kw = {"dataset": config.data.dataset, "idx_dir": config.data.get("idx_dir") or None,
           "tfds_data_dir": config.data.get("tfds_data_dir") or None}
     return (data_lib.get_source(split="train", log=log, **kw),
@@ -98,8 +98,6 @@ def train_and_evaluate(config, workdir: str, task: Task, *, log=print) -> dict:
     After training the test split is evaluated with ``task.objective`` and each of
     ``task.evaluations``; on process 0 the reporters draw pictures, and ``summary.json`` is written.
     """
-    from tqdm import tqdm
-
     _mesh.maybe_initialize_distributed()
     t_start = time.perf_counter()
     check_config(config)
@@ -113,7 +111,6 @@ def train_and_evaluate(config, workdir: str, task: Task, *, log=print) -> dict:
     for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if size % mesh.size:
             raise ValueError(f"`config.data.{name}`={size} must be divisible by the number of devices {mesh.size}.")
-    from vqjax import data as data_lib
 
     train_src, test_src = sources(config, log=log if is_main else (lambda s: None))
     train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=data_seed(config))

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 DATA_AXIS = "data"
 RUNS_AXIS = "runs"
@@ -134,8 +135,6 @@ def put_global(tree: Any, mesh: jax.sharding.Mesh, spec: jax.P) -> Any:
 
 def to_host(tree: Any) -> Any:
     """NumPy copies of global arrays, gathered from every process where a process holds only part."""
-    from jax.experimental import multihost_utils
-
     def get(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from tensorboardX import SummaryWriter
+
 
 def parse_line(line: str) -> dict | None:
     """A metrics line, or None for a line cut short by a kill."""
@@ -44,8 +46,6 @@ class MetricsWriter:
             with open(tmp, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in kept)
             os.replace(tmp, self.path)
-        from tensorboardX import SummaryWriter
-
         self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
     def write(self, step: int, split: str, values: dict) -> None:

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -46,8 +47,6 @@ def eval_key(state: TrainState) -> jax.Array:
 
 def stack(trees: list) -> Any:
     """Runs' pytrees of equal structure -> one pytree with a leading runs axis ``[R, ...]`` (host arrays)."""
-    import numpy as np
-
     return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 

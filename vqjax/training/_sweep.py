@@ -21,10 +21,19 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
+from vqjax import data as data_lib
 from vqjax.training import _checkpoints, _evaluation, _mesh, _steps
-from vqjax.training._loop import (check_config, data_seed, initial_state, mean_metrics, run_reporters, scalars,
-                                  sources)
+from vqjax.training._loop import (
+    check_config,
+    data_seed,
+    initial_state,
+    mean_metrics,
+    run_reporters,
+    scalars,
+    sources,
+)
 from vqjax.training._metrics import MetricsWriter
 from vqjax.training._state import stack, unstack
 from vqjax.training._sweep_spec import Overrides, apply_overrides, member_name
@@ -109,10 +118,6 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
     Run ``m`` is written to ``workdir/<m.name>/``; the group's checkpoints to
     ``workdir/_groups/<id>/checkpoints``. Running again resumes.
     """
-    from tqdm import tqdm
-
-    from vqjax import data as data_lib
-
     t_start = time.perf_counter()
     placement = placement or default_placement()
     config = members[0].config
