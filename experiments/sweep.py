@@ -19,8 +19,9 @@ architecture) form another group. A run that diverges is frozen and marked; the 
 
 Output: ``<workdir>/<run name>/`` for each run (an ordinary run directory: ``config.json``,
 ``checkpoints/``, ``metrics.jsonl``, ``summary.json``, pictures), then ``sweep.json``,
-``results.md``, ``results.csv`` and ``<metric>_vs_<hyperparameter>.png`` (seeds as spread). The
-same ``--workdir`` resumes every run exactly.
+``results.md``, ``results.csv``, ``<metric>_vs_<hyperparameter>.png`` (seeds as spread) and the
+experiment's own picture if it has a ``report_sweep(rows, workdir)`` (the VAE: ``rate_distortion.png``).
+The same ``--workdir`` resumes every run exactly.
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ def main(argv):
     if jax.process_index() == 0:
         rows = collect(workdir, members)
         table = write_results(workdir, rows, wall_seconds=wall if _INDEX.value is None else None)
+        if hasattr(module, "report_sweep"):  # the experiment's own picture of its sweep
+            module.report_sweep(rows, workdir)
         print(table)
         print(f"{len(rows)} of {len(members)} runs done -> {workdir}/results.md, results.csv, sweep.json")
 

@@ -82,6 +82,27 @@ def get_sweep():
                             training.values("seed", [0, 1, 2]))
 
 
+def report_sweep(rows: list[dict], workdir: str) -> None:
+    """``rate_distortion.png`` of a sweep over ``model.beta``: the mean (rate, distortion) over seeds per β
+    (``python -m experiments.sweep`` calls it after its table)."""
+    from vqjax import viz
+
+    by_beta: dict[float, list[dict]] = {}
+    for r in rows:
+        if "model.beta" in r["overrides"] and not r["diverged"] and "rate" in r["test"]:
+            by_beta.setdefault(float(r["overrides"]["model.beta"]), []).append(r["test"])
+    if len(by_beta) < 2:
+        return
+    betas = sorted(by_beta)
+    rate = [float(np.mean([t["rate"] for t in by_beta[b]])) for b in betas]
+    distortion = [float(np.mean([t["distortion"] for t in by_beta[b]])) for b in betas]
+    seeds = max(len(by_beta[b]) for b in betas)
+    viz.save_curve(os.path.join(workdir, "rate_distortion.png"), rate, distortion,
+                   labels=[f"β={b:g}" for b in betas], xlabel="rate: KL(q(z|x) || p(z)), nats",
+                   ylabel="distortion: −log p(x|z), nats",
+                   title=f"β-VAE on binarized MNIST (mean of {seeds} seeds per β)")
+
+
 def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
     m = config.model
     if m.arch not in ARCHITECTURES:

@@ -5,11 +5,21 @@ The pure core (losses, quantizers) is also tested under strict dtype promotion, 
 JAX's standard promotion.
 """
 
+import os
+import tempfile
+
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
+# Most of the suite's time is XLA compiling the same small programs in many tests and subprocesses:
+# JAX's persistent compilation cache shares them (the environment variable reaches the subprocesses).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "vqjax-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 @pytest.fixture

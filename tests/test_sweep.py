@@ -104,7 +104,7 @@ def test_a_run_in_a_sweep_ends_where_it_ends_alone(idx_dir, tmp_path, placement)
     config = _tiny(idx_dir)
     sweep = training.parse_sweep("model.beta=0.1,0.5;seed=0,1")
     summaries = training.train_sweep(config, sweep, str(tmp_path / "sweep"), vqvae_mnist.build, placement=placement,
-                                     **QUIET)
+                                     devices=jax.devices(), **QUIET)  # all 8: each run's batch over 4 devices
     assert [s["sweep"]["group_size"] for s in summaries] == [2, 2]
     assert summaries[0]["sweep"]["mesh"] == {"runs": 2, "data": 4}
     for member, s in zip(training.make_members(config, sweep), summaries):
@@ -123,6 +123,7 @@ def test_a_diverging_run_is_frozen_and_the_others_go_on(idx_dir, tmp_path):
     config.optimizer.warmup_steps = 0
     sweep = training.values("optimizer.learning_rate", [1e-3, 1e30])
     good, bad = training.train_sweep(config, sweep, str(tmp_path), vqvae_mnist.build, **QUIET)
+    assert good["sweep"]["mesh"] == {"runs": 2, "data": 1}  # on CPU a run's batch is never split
     assert not good["sweep"]["diverged"] and good["sweep"]["last_finite_step"] == 8
     assert bad["sweep"]["diverged"] and bad["sweep"]["diverged_at_step"] <= 8
     assert bad["sweep"]["diverged_at_step"] == bad["sweep"]["last_finite_step"] + 1

@@ -270,9 +270,14 @@ def save_sweep_plot(
         ax.fill_between(xs, [y.min() for y in ys], [y.max() for y in ys], color=line.get_color(), alpha=0.2, lw=0)
         ax.plot(pts[:, 0], pts[:, 1], "o", ms=3, color=line.get_color())
         xs_all.extend(xs)
-    xs_all = np.asarray(xs_all)
+    xs_all = np.unique(np.asarray(xs_all))
     if xs_all.size and xs_all.min() > 0 and xs_all.max() / xs_all.min() > 10:
-        ax.set_xscale("log")
+        from matplotlib.ticker import FixedLocator, NullLocator
+
+        ax.set_xscale("log")  # ticks at the swept values, written plainly
+        ax.xaxis.set_major_locator(FixedLocator(xs_all))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{x:g}" for x in xs_all])
     _label(ax, xlabel, ylabel, title)
     if len(series) > 1:
         ax.legend(fontsize=7)

@@ -56,8 +56,11 @@ def use_cpu_cores_as_devices(batch_sizes: tuple[int, ...], *, max_devices: int |
     per device need no all-reduce and are not exposed to this.
 
     Returns:
-      The number of CPU devices configured, or 0 if JAX had already started.
+      The number of CPU devices configured, or 0 if JAX had already started or the environment sets the
+      count (``JAX_NUM_CPU_DEVICES``, ``--xla_force_host_platform_device_count``).
     """
+    if device_count_from_environment():
+        return 0  # the user chose the device count
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     n = min(cores, max_devices or cores)
     while n > 1 and any(b % n for b in batch_sizes):
@@ -69,6 +72,13 @@ def use_cpu_cores_as_devices(batch_sizes: tuple[int, ...], *, max_devices: int |
     if n > 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     return n
+
+
+def device_count_from_environment() -> bool:
+    """Whether the environment sets the CPU device count (``JAX_NUM_CPU_DEVICES`` or
+    ``--xla_force_host_platform_device_count``): then vqjax leaves the devices as they are."""
+    return bool(os.environ.get("JAX_NUM_CPU_DEVICES")) or \
+        "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
 
 
 def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:

@@ -126,9 +126,10 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
     tasks = [build(m.config) for m in members]
     steps, batch_size = int(config.train.steps), int(config.data.batch_size)
     eval_batch_size = int(config.data.eval_batch_size)
-    if devices is None and jax.default_backend() == "cpu":
-        # XLA:CPU can deadlock in a collective between single-threaded devices: on CPU a run's batch is
-        # never split, the devices a group cannot fill with runs stay idle.
+    if (devices is None and jax.default_backend() == "cpu" and jax.process_count() == 1
+            and not _mesh.device_count_from_environment()):
+        # XLA:CPU can deadlock in a collective between its devices: with the CPU devices vqjax chose, a
+        # run's batch is never split; the devices a group cannot fill with runs stay idle.
         runs_axis, _ = _mesh.sweep_mesh_shape(len(members), jax.device_count())
         devices = jax.devices()[:runs_axis]
     mesh = _mesh.make_sweep_mesh(len(members), devices)
@@ -301,12 +302,15 @@ def _write_run_checkpoint(run_dir: str, state, step: int, data_iter, keep: int) 
 
 
 def train_sweep(base_config, sweep: Sequence[Overrides], workdir: str, build: Callable[[object], Task], *,
-                index: int | None = None, placement: str | None = None, log=print) -> list[dict]:
+                index: int | None = None, placement: str | None = None, devices: list | None = None,
+                log=print) -> list[dict]:
     """Train every member of ``sweep`` (or only member ``index``), group by group; the summaries.
 
     Members that differ only in the seed and the task's hyperparameters share one compiled program
     (:func:`group_members`); each group is trained by :func:`train_group`. All runs of a group read
-    the same batches, in the order of ``config.data.seed``.
+    the same batches, in the order of ``config.data.seed``. ``devices`` (default: every device; on a
+    single CPU host only as many as a group fills with runs, so that no run's batch is split across
+    XLA:CPU devices) is the mesh's.
     """
     _mesh.maybe_initialize_distributed()
     members = make_members(base_config, sweep)
@@ -319,6 +323,6 @@ def train_sweep(base_config, sweep: Sequence[Overrides], workdir: str, build: Ca
         f"device(s), placement {placement or default_placement()!r}.")
     out: dict[int, dict] = {}
     for g in groups:
-        for m, s in zip(g, train_group(g, workdir, build, placement=placement, log=log)):
+        for m, s in zip(g, train_group(g, workdir, build, placement=placement, devices=devices, log=log)):
             out[m.index] = s
     return [out[m.index] for m in members]
