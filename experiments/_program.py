@@ -5,15 +5,15 @@ Sweeps (one run per β, λ, seed, ...) run on the sweep engine: :func:`vqjax.tra
 
 from __future__ import annotations
 
+from absl import flags, logging
+
+from vqjax import training
+
 
 def start(*, cpu_devices_per_core: bool = False, batch_sizes: tuple[int, ...] = ()) -> None:
     """Quiet Orbax's and TFDS's per-step INFO logs (unless ``--verbosity`` is given); on a CPU host,
     optionally one XLA device per core (:func:`vqjax.training.use_cpu_cores_as_devices`). Call first."""
-    from absl import flags, logging
-
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
     if cpu_devices_per_core:
-        from vqjax import training
-
         training.use_cpu_cores_as_devices(batch_sizes)

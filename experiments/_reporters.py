@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqjax.training import read_metrics
+
 
 def test_images(test_src, n: int) -> np.ndarray:
     """The first ``n`` test images as float32 ``[n, H, W, C]`` in [0, 1]."""
@@ -34,8 +36,6 @@ def reconstructions(reconstruct: Callable) -> Callable:
 def code_usage(model, test_src, workdir, summary):
     """``codebook_usage.png`` (test-set use of each code) and ``perplexity.png`` (over training)."""
     from vqjax import viz
-    from vqjax.training import read_metrics
-
     counts, test = summary.get("_counts"), summary["test"]
     if counts is None:
         return

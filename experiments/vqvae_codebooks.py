@@ -24,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import _program, vqvae_mnist
+from vqjax import training
 
 # name -> (description, config.model.quantizer overrides)
 EMA_RESTART = {"kind": "ema", "ema": {"dead_code_threshold": 1.0}}
@@ -57,8 +58,6 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def _eval_curve(workdir: str, steps: int, final: float) -> tuple[list[int], list[float]]:
-    from vqjax import training
-
     rows = training.read_metrics(workdir)
     pts = [(r["step"], r["perplexity"]) for r in rows if r["split"] == "eval"] + [(steps, final)]
     return [p[0] for p in pts], [p[1] for p in pts]

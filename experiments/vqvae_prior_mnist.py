@@ -21,6 +21,7 @@ ceiling) and uniformly random codes (the floor).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -29,10 +30,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
+from flax import nnx
 from ml_collections import config_flags
 
 from experiments import _program, _sample_quality, vqvae_mnist
 from experiments.configs import common
+from vqjax import objectives, training
+from vqjax.nn import GatedPixelCNN, sample_codes
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -107,8 +111,6 @@ def vqvae_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
 def load_vqvae(config: ml_collections.ConfigDict, workdir: str, *, log=print):
     """``(vqvae, vqvae_config)``: the frozen VQ-VAE whose codes the prior models (trained first if asked)."""
-    from vqjax import training
-
     if config.vqvae_workdir:
         vq_dir = config.vqvae_workdir
         if not os.path.isdir(os.path.join(vq_dir, "checkpoints")):
@@ -132,8 +134,6 @@ def load_vqvae(config: ml_collections.ConfigDict, workdir: str, *, log=print):
 
 def make_prior(config: ml_collections.ConfigDict, num_codes: int, rngs):
     """The gated PixelCNN of ``config.model`` over ``num_codes`` code values."""
-    from vqjax.nn import GatedPixelCNN
-
     m = config.model
     return GatedPixelCNN(num_codes, hidden=m.hidden, num_layers=m.num_layers, kernel_size=m.kernel_size,
                          out_hidden=m.out_hidden, num_classes=10 if m.class_conditional else 0, rngs=rngs)
@@ -142,10 +142,6 @@ def make_prior(config: ml_collections.ConfigDict, num_codes: int, rngs):
 def build(config: ml_collections.ConfigDict, vqvae, *, log=print):
     """The loop's task of the prior, over the codes the frozen ``vqvae`` gives each batch; its reporter
     draws ``samples.png``, times sampling and, if asked, scores the samples (progress to ``log``)."""
-    from flax import nnx
-
-    from vqjax import objectives, training
-
     conditional = bool(config.model.class_conditional)
     vq_graphdef, vq_state = nnx.split(vqvae)
 
@@ -159,10 +155,21 @@ def build(config: ml_collections.ConfigDict, vqvae, *, log=print):
                          reporters=(draw_samples(config, vqvae, log=log),))
 
 
+def sweep_build(config: ml_collections.ConfigDict):
+    """The prior's task over the VQ-VAE in ``config.vqvae_workdir`` (required), for ``python -m experiments.sweep``."""
+    if not config.vqvae_workdir:
+        raise ValueError("A sweep of the prior needs a trained VQ-VAE: give --config.vqvae_workdir=DIR.")
+    return build(config, _frozen_vqvae(config.vqvae_workdir, json.dumps(config.to_dict(), sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=4)
+def _frozen_vqvae(vqvae_workdir: str, config_json: str):
+    del vqvae_workdir  # part of the cache key; the config holds it
+    return load_vqvae(ml_collections.ConfigDict(json.loads(config_json)), "", log=lambda s: None)[0]
+
+
 def sampler(prior, vqvae, grid: tuple[int, int], *, temperature: float):
     """``sample_fn(labels [N], key) -> images [N, 28, 28, 1]``: codes from the prior, decoded."""
-    from vqjax.nn import sample_codes
-
     decode = jax.jit(lambda m, c: jax.nn.sigmoid(m.decode(c)))
 
     def sample_fn(labels, key):
@@ -192,8 +199,6 @@ def draw_samples(config, vqvae, *, log=print):
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
     """The VQ-VAE (loaded, or trained first), then the prior; the prior's summary."""
-    from vqjax import training
-
     vqvae, _ = load_vqvae(config, workdir, log=log)
     return training.train_and_evaluate(config, workdir, build(config, vqvae, log=log), log=log)
 
