@@ -221,3 +221,29 @@ def test_ema_decay_and_dead_code_threshold_are_swept_in_the_state(idx_dir, tmp_p
         np.testing.assert_allclose(q.decay[...], s["config"]["model"]["quantizer"]["ema"]["decay"], rtol=1e-6)
         np.testing.assert_allclose(q.dead_code_threshold[...],
                                    s["config"]["model"]["quantizer"]["ema"]["dead_code_threshold"])
+
+
+def test_objectives_take_their_hyperparameters_as_arrays(idx_dir):
+    """β and the capacity reach the VAE's objective as traced arrays: vmapped over runs, each run's loss is
+    its own scalar call's."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from experiments import vae_mnist
+
+    c = vae_mnist.get_config()
+    c.model.update(objective="beta_vae", hidden=16, latents=2, capacity_max=5.0, capacity_steps=10)
+    task = vae_mnist.build(c)
+    assert set(task.hparams) == {"model.beta", "model.capacity_max"}
+    model = task.model(nnx.Rngs(0))
+    batch = {"image": np.random.default_rng(0).uniform(size=(8, 28, 28, 1)).astype(np.float32)}
+
+    def loss(beta, capacity):
+        hp = {"model.beta": beta, "model.capacity_max": capacity}
+        return task.objective(model, batch, key=jax.random.key(0), step=jnp.int32(5), hparams=hp)[0]
+
+    betas, capacities = jnp.array([0.5, 1.0, 4.0]), jnp.array([1.0, 5.0, 20.0])
+    stacked = jax.jit(jax.vmap(loss))(betas, capacities)
+    each = [float(loss(b, cap)) for b, cap in zip(betas, capacities)]
+    np.testing.assert_allclose(stacked, each, rtol=1e-6)
+    assert len(set(np.round(each, 4))) == 3
