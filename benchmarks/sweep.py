@@ -162,9 +162,9 @@ def costs(model: str) -> dict:
 
 def arithmetic(c: dict) -> list[str]:
     per_run = c["state_bytes"] + c["temp_bytes"]
-    out = [f"{c['model']}: {c['params']:,} parameters; per run {c['state_bytes'] / 2**20:.1f} MiB of state "
-           f"(parameters + Adam moments) + {c['temp_bytes'] / 2**20:.1f} MiB of XLA working memory at batch "
-           f"{c['batch']} = {per_run / 2**20:.1f} MiB; {c['flops_per_step'] / 1e9:.2f} GFLOP per step"]
+    out = [(f"{c['model']}: {c['params']:,} parameters; per run {c['state_bytes'] / 2**20:.1f} MiB of state "
+            f"(parameters + Adam moments) + {c['temp_bytes'] / 2**20:.1f} MiB of XLA working memory at batch "
+            f"{c['batch']} = {per_run / 2**20:.1f} MiB; {c['flops_per_step'] / 1e9:.2f} GFLOP per step")]
     for chip, (hbm, peak) in CHIPS.items():
         runs = int(0.9 * hbm * 2**30 // per_run)
         out.append(f"  {chip}: {hbm} GiB HBM / {per_run / 2**20:.1f} MiB ≈ {runs:,} runs in memory (90 % of HBM); "

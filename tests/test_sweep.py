@@ -146,7 +146,7 @@ def test_a_member_is_an_ordinary_run_directory(idx_dir, tmp_path):
     again = training.train_and_evaluate(member, str(run), vqvae_mnist.build(member), **QUIET)
     assert again["trained_steps_this_run"] == 0
     np.testing.assert_allclose(again["test"]["loss"], s["test"]["loss"], rtol=2e-4)
-    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [2, 3, 4, 6]  # logged every 2 steps and at each checkpoint
 
 
@@ -198,7 +198,8 @@ def test_killed_sweep_resumes_every_run_exactly(idx_dir, tmp_path):
     for name in ("model.beta=0.1,seed=0", "model.beta=0.25,seed=1"):
         for a, b in zip(_params(whole / name), _params(killed / name)):
             np.testing.assert_array_equal(a, b)
-        rows = [[json.loads(line) for line in open(d / name / "metrics.jsonl")] for d in (whole, killed)]
+        rows = [[json.loads(line) for line in (d / name / "metrics.jsonl").read_text().splitlines()]
+                for d in (whole, killed)]
         for r in rows[0] + rows[1]:
             r.pop("images_per_sec", None)
         assert rows[0] == rows[1]

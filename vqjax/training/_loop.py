@@ -14,7 +14,7 @@ from tqdm import tqdm
 from vqjax import data as data_lib
 from vqjax.training import _checkpoints, _evaluation, _mesh, _steps
 from vqjax.training._metrics import MetricsWriter
-from vqjax.training._state import TrainState, all_finite
+from vqjax.training._state import all_finite, init_train_state
 from vqjax.training._task import LEARNING_RATE, Task, learning_rate_schedule, task_hparams
 
 
@@ -62,16 +62,39 @@ def initial_state(task: Task, config, train_src, steps: int):
         return task.optimizer(learning_rate_schedule(config.optimizer, steps, hparams.get(LEARNING_RATE)), hparams)
 
     hp = {k: jnp.float32(v) for k, v in task_hparams(task, config).items()}
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    state = TrainState(jnp.zeros((), jnp.int32), params, rest, optimizer(hp).init(params),
-                       jax.random.key_data(jax.random.key(int(config.seed))))
+    graphdef, state = init_train_state(model, optimizer(hp), seed=int(config.seed))
     return graphdef, state, optimizer
 
 
-def run_reporters(task: Task, model, test_src, workdir: str, summary: dict) -> None:
-    """Each reporter of ``task`` on the trained model; their entries join ``summary``."""
+def report(task: Task, model, counts, test_src, workdir: str, summary: dict) -> None:
+    """Each reporter of ``task`` on the trained model; their entries join ``summary``. The test-set code
+    counts (or None) are ``summary["_counts"]`` while they run, and are not written."""
+    if counts is not None:
+        summary["_counts"] = counts
     for reporter in task.reporters:
         summary.update(reporter(model, test_src, workdir, summary) or {})
+    summary.pop("_counts", None)
+
+
+def run_summary(*, steps: int, start: int, latest, train_seconds: float, batch_size: int, sources, num_devices: int,
+                num_params: int, test: dict, config, wall_seconds: float | None = None) -> dict:
+    """The entries of a run's ``summary.json`` (a sweep adds ``"sweep"``)."""
+    train_src, test_src = sources
+    return {
+        "steps": steps,
+        "resumed_from": latest,
+        "trained_steps_this_run": steps - start,
+        "train_seconds_this_run": round(train_seconds, 2),
+        "images_per_sec": round((steps - start) * batch_size / train_seconds, 1) if train_seconds else None,
+        "wall_seconds_this_run": wall_seconds,
+        "data_source": train_src.name,
+        "train_examples": len(train_src),
+        "test_examples": len(test_src),
+        "num_devices": num_devices,
+        "num_params": num_params,
+        "test": test,
+        "config": config.to_dict(),
+    }
 
 
 def mean_metrics(pending: list[dict]) -> dict:
@@ -183,27 +206,12 @@ def train_and_evaluate(config, workdir: str, task: Task, *, log=print) -> dict:
         writer.write(steps, "test", ev)
         writer.close()
 
-        summary = {
-            "steps": steps,
-            "resumed_from": latest,
-            "trained_steps_this_run": steps - start,
-            "train_seconds_this_run": round(train_seconds, 2),
-            "images_per_sec": round((steps - start) * batch_size / train_seconds, 1) if train_seconds else None,
-            "wall_seconds_this_run": None,
-            "data_source": train_src.name,
-            "train_examples": len(train_src),
-            "test_examples": len(test_src),
-            "num_devices": mesh.size,
-            "num_params": num_params,
-            "test": ev,
-            "config": config.to_dict(),
-        }
+        summary = run_summary(steps=steps, start=start, latest=latest, train_seconds=train_seconds,
+                              batch_size=batch_size, sources=(train_src, test_src), num_devices=mesh.size,
+                              num_params=num_params, test=ev, config=config)
         if is_main:
-            model = nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest))
-            if counts is not None:
-                summary["_counts"] = counts  # for reporters of code usage; not written
-            run_reporters(task, model, test_src, workdir, summary)
-            summary.pop("_counts", None)
+            report(task, nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest)), counts,
+                   test_src, workdir, summary)
             summary["wall_seconds_this_run"] = round(time.perf_counter() - t_start, 2)
             _checkpoints.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary

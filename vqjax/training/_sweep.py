@@ -30,7 +30,8 @@ from vqjax.training._loop import (
     data_seed,
     initial_state,
     mean_metrics,
-    run_reporters,
+    report,
+    run_summary,
     scalars,
     sources,
 )
@@ -252,33 +253,19 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
         writer.write(steps, "test", ev)
         writer.close()
         run_state = unstack(host_state, r)
-        summary = {
-            "steps": steps,
-            "resumed_from": latest,
-            "trained_steps_this_run": steps - start,
-            "train_seconds_this_run": round(seconds_per_run, 2),
-            "images_per_sec": round((steps - start) * batch_size / seconds_per_run, 1) if seconds_per_run else None,
-            "wall_seconds_this_run": round(time.perf_counter() - t_start, 2),
-            "data_source": train_src.name,
-            "train_examples": len(train_src),
-            "test_examples": len(test_src),
-            "num_devices": mesh.size,
-            "num_params": num_params,
-            "sweep": {"name": m.name, "index": m.index, "overrides": m.overrides, "group": group_id(members),
-                      "group_size": len(members), "mesh": dict(mesh.shape), "placement": placement,
-                      "diverged": bool(flags[r]), "diverged_at_step": int(run_state.step) + 1 if flags[r] else None,
-                      "last_finite_step": int(run_state.step)},
-            "test": ev,
-            "config": m.config.to_dict(),
-        }
+        summary = run_summary(steps=steps, start=start, latest=latest, train_seconds=seconds_per_run,
+                              batch_size=batch_size, sources=(train_src, test_src), num_devices=mesh.size,
+                              num_params=num_params, test=ev, config=m.config,
+                              wall_seconds=round(time.perf_counter() - t_start, 2))
+        summary["sweep"] = {
+            "name": m.name, "index": m.index, "overrides": m.overrides, "group": group_id(members),
+            "group_size": len(members), "mesh": dict(mesh.shape), "placement": placement,
+            "diverged": bool(flags[r]), "diverged_at_step": int(run_state.step) + 1 if flags[r] else None,
+            "last_finite_step": int(run_state.step)}
         _write_run_checkpoint(d, run_state, steps, train_iter, keep=1)
         if is_main:
             if not flags[r]:  # a diverged run's last finite state may still decode to NaN: no pictures
-                model = nnx.merge(graphdef, run_state.params, run_state.rest)
-                if counts is not None:
-                    summary["_counts"] = counts
-                run_reporters(tasks[r], model, test_src, d, summary)
-                summary.pop("_counts", None)
+                report(tasks[r], nnx.merge(graphdef, run_state.params, run_state.rest), counts, test_src, d, summary)
             _checkpoints.write_json(os.path.join(d, "summary.json"), summary)
         summaries.append(summary)
     return summaries
