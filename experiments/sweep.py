@@ -72,6 +72,22 @@ def sweep_of(module, text: str | None):
     return module.get_sweep()
 
 
+def check_members(module, members) -> None:
+    """Every member's config against the experiment's rules (its ``check_config``; without one, the
+    shared blocks' :data:`vqjax.training.CONFIG_RULES`), before any run trains: a ValueError naming
+    each bad member and flag."""
+    check = getattr(module, "check_config", None) or (lambda c: training.validate(c, training.CONFIG_RULES))
+    bad = []
+    for m in members:
+        try:
+            check(m.config)
+        except ValueError as err:
+            lines = str(err).splitlines()
+            bad.append(f"Sweep member {m.index} ({m.name}): " + "\n    ".join(lines))
+    if bad:
+        raise ValueError("\n".join(bad))
+
+
 def swept_paths(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r["overrides"]))
 
@@ -139,6 +155,8 @@ def main(argv):
     _program.start()
     sweep = sweep_of(module, _SWEEP.value)
     members = training.make_members(config, sweep)
+    if not _COLLECT.value:  # a bad value in any run fails now, not after the runs before it trained
+        check_members(module, members)
     if _CPU_DEVICES.value:  # one single-threaded XLA:CPU device per core, at most one per run
         training.use_cpu_cores_as_devices((), max_devices=1 if _INDEX.value is not None else len(members))
     build = getattr(module, "sweep_build", module.build)  # a program whose build needs more than the config

@@ -38,6 +38,7 @@ from vqjax.nn import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 OBJECTIVES = ("vae", "beta_vae", "info_vae")
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "discretized_logistic")
+KERNELS = ("imq", "rbf")  # of the MMD (vqjax.losses.mmd)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -76,6 +77,48 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Every field of get_config(), the settings of each objective and likelihood included.
+CONFIG_RULES = {
+    **training.CONFIG_RULES,
+    "data.dynamic_binarization": training.boolean(),
+    "model.arch": training.one_of(*ARCHITECTURES),
+    "model.latents": training.integer(min=1),
+    "model.likelihood": training.one_of(*LIKELIHOODS),
+    "model.hidden": training.integer(min=1),
+    "model.conv_hidden": training.integer(min=1),
+    "model.objective": training.one_of(*OBJECTIVES),
+    "model.beta": training.number(min=0),
+    "model.capacity_max": training.number(min=0),
+    "model.capacity_steps": training.integer(min=0),
+    "model.info_alpha": training.number(max=1),  # α <= 1 keeps the KL's weight 1 - α >= 0
+    "model.info_lambda": training.number(min=0, min_open=True),
+    "model.kernel": training.one_of(*KERNELS),
+    "eval.iwae_samples": training.integer(min=0),  # 0: no IWAE bound
+    "eval.iwae_chunk": training.integer(min=1),
+    "eval.iwae_batch_size": training.integer(min=1),
+    "eval.traversal_range": training.number(min=0, min_open=True),
+}
+
+
+def check_combinations(config, where: str = "--config") -> list[str]:
+    """The discretized logistic models grey levels (no binarization); InfoVAE's MMD weight
+    α + λ - 1 must not be negative."""
+    m, out = config.model, []
+    if m.likelihood == "discretized_logistic" and config.data.dynamic_binarization:
+        out.append(f"{training.flag('model.likelihood', where)}='discretized_logistic' models the 8-bit grey levels: "
+                   f"set {training.flag('data.dynamic_binarization', where)}=False.")
+    if m.objective == "info_vae" and m.info_alpha + m.info_lambda - 1 < 0:
+        out.append(f"{training.flag('model.info_alpha', where)} + {training.flag('model.info_lambda', where)} - 1 "
+                   f"must be >= 0 (the MMD's weight); got {m.info_alpha} + {m.info_lambda} - 1.")
+    return out
+
+
+def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
+    """Every value of ``config`` (:data:`CONFIG_RULES`, :func:`check_combinations`): a ValueError
+    naming each bad flag."""
+    training.validate(config, CONFIG_RULES, where=where, extra=(check_combinations,))
+
+
 def get_sweep():
     """The β-VAE's rate-distortion curve: 6 values of β, 3 seeds (``python -m experiments.sweep``)."""
     return training.product(training.values("model.beta", [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]),
@@ -104,14 +147,8 @@ def report_sweep(rows: list[dict], workdir: str) -> None:
 
 
 def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
+    check_config(config)
     m = config.model
-    if m.arch not in ARCHITECTURES:
-        raise ValueError(f"`config.model.arch` must be one of {ARCHITECTURES}; got {m.arch!r}.")
-    if m.likelihood not in LIKELIHOODS:
-        raise ValueError(f"`config.model.likelihood` must be one of {LIKELIHOODS}; got {m.likelihood!r}.")
-    if m.likelihood == "discretized_logistic" and config.data.dynamic_binarization:
-        raise ValueError("`config.model.likelihood='discretized_logistic'` models the 8-bit grey levels: set "
-                         "`config.data.dynamic_binarization=False`.")
     shape = (28, 28, 1)
     out = (28, 28, 2) if m.likelihood == "discretized_logistic" else shape  # location and log-scale
     if m.arch == "mlp":
@@ -125,14 +162,8 @@ def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
 
 def build(config: ml_collections.ConfigDict) -> training.Task:
     """The loop's task: β (capacity C, InfoVAE's α and λ) and the learning rate are sweepable."""
+    check_config(config)
     m, e = config.model, config.eval
-    if m.objective not in OBJECTIVES:
-        raise ValueError(f"`config.model.objective` must be one of {OBJECTIVES}; got {m.objective!r}.")
-    if m.objective != "info_vae" and m.beta < 0:
-        raise ValueError(f"`config.model.beta` must be >= 0; got {m.beta}.")
-    if m.capacity_max < 0 or m.capacity_steps < 0:
-        raise ValueError(f"`config.model.capacity_max` and `capacity_steps` must be >= 0; got {m.capacity_max} "
-                         f"and {m.capacity_steps}.")
     binarize = bool(config.data.dynamic_binarization)
     capacity = m.objective == "beta_vae" and m.capacity_max > 0
     hparams = {"info_vae": {"model.info_alpha": m.info_alpha, "model.info_lambda": m.info_lambda},
@@ -214,6 +245,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
     del argv
     config = _CONFIG.value
+    check_config(config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size, config.eval.iwae_batch_size))
     summary = run(config, _WORKDIR.value)

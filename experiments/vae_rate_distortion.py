@@ -39,6 +39,24 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Every field of get_config(): experiments.vae_mnist's, and the β of the sweep (empty: one run).
+CONFIG_RULES = {**vae_mnist.CONFIG_RULES, "betas": training.sequence(training.number(min=0))}
+
+
+def check_betas(config, where: str = "--config") -> list[str]:
+    """``betas`` sweep the β of the β-VAE."""
+    if config.betas and config.model.objective != "beta_vae":
+        objective = training.flag("model.objective", where)
+        return [(f"{training.flag('betas', where)} sweeps the β of the β-VAE: {objective} must be 'beta_vae'; "
+                f"got {config.model.objective!r}.")]
+    return []
+
+
+def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
+    """Every value of ``config`` (:data:`CONFIG_RULES`, vae_mnist's combinations, :func:`check_betas`)."""
+    training.validate(config, CONFIG_RULES, where=where, extra=(vae_mnist.check_combinations, check_betas))
+
+
 def get_sweep():
     """The program's β sweep (``python -m experiments.sweep --config=experiments/vae_rate_distortion.py``).
 
@@ -68,6 +86,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
     ``rate_distortion.png`` and ``sweep.json``."""
     from vqjax import viz
 
+    check_config(config)
     betas = sweep_betas(config)
     base = config.copy_and_resolve_references()
     base.betas = ()  # each run's config is one run
@@ -103,6 +122,7 @@ def format_table(result: dict) -> str:
 def main(argv):
     del argv
     config = _CONFIG.value
+    check_config(config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size, config.eval.iwae_batch_size))
     if not config.betas:  # one run at config.model.beta

@@ -59,6 +59,23 @@ def get_sweep():
     return training.values("model.beta", BETAS)
 
 
+# Every field of get_config(). β = inf is accepted: a run that diverges is marked and the sweep goes on.
+CONFIG_RULES = {
+    **training.CONFIG_RULES,
+    "betas": training.sequence(training.number(min=0, allow_inf=True)),  # empty: one run at model.beta
+    "model.hidden": training.int_sequence(min_len=0, min=1),  # the encoder's widths
+    "model.latents": training.integer(min=1),
+    "model.num_classes": training.integer(min=2),
+    "model.beta": training.number(min=0, allow_inf=True),
+    "model.num_eval_samples": training.integer(min=1),
+}
+
+
+def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
+    """Every value of ``config`` (:data:`CONFIG_RULES`): a ValueError naming each bad flag."""
+    training.validate(config, CONFIG_RULES, where=where)
+
+
 def build_model(config: ml_collections.ConfigDict, rngs) -> VIBClassifier:
     m = config.model
     enc = MLPEncoder((28, 28, 1), m.latents, hidden=tuple(m.hidden), rngs=rngs)
@@ -67,9 +84,8 @@ def build_model(config: ml_collections.ConfigDict, rngs) -> VIBClassifier:
 
 def build(config: ml_collections.ConfigDict) -> training.Task:
     """The loop's task: β (``model.beta``) and the learning rate are sweepable."""
+    check_config(config)
     m = config.model
-    if not m.beta >= 0:
-        raise ValueError(f"`config.model.beta` must be >= 0; got {m.beta}.")
 
     def objective(model, batch, *, key, step, hparams, weights=None):
         del step
@@ -136,6 +152,7 @@ def format_table(result: dict) -> str:
 def main(argv):
     del argv
     config = _CONFIG.value
+    check_config(config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     if not config.betas:  # one run at config.model.beta

@@ -72,11 +72,35 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Every field of get_config(): stage 1 as experiments.vqvae_mnist (one-stage kinds, no Lloyd
+# initialisation), stage 2's model, optimizer, train and sample blocks under `prior`.
+_SHARED_PRIOR = {k: r for k, r in training.CONFIG_RULES.items() if k.startswith(("optimizer.", "train."))}
+CONFIG_RULES = {
+    **{k: r for k, r in vqvae_mnist.CONFIG_RULES.items() if not k.startswith("model.quantizer.")},
+    **training.nested("model.quantizer", {
+        **{k: r for k, r in vqvae_mnist.QUANTIZER_RULES.items()
+           if not k.startswith("residual.") and k != "codebook.init"},
+        "kind": training.one_of(*KINDS)}),
+    **training.nested("prior", _SHARED_PRIOR),
+    "prior.model.hidden": training.integer(min=1),
+    "prior.model.num_layers": training.integer(min=1),
+    "prior.model.bottom_hidden": training.integer(min=1),
+    "prior.model.bottom_layers": training.integer(min=1),
+    "prior.model.cond_hidden": training.integer(min=1),
+    "prior.model.class_conditional": training.boolean(),
+    **training.nested("prior.sample", vqvae_prior_mnist.SAMPLE_RULES),
+}
+
+
+def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
+    """Every value of both stages (:data:`CONFIG_RULES`; FSQ's levels as in :mod:`experiments.vqvae_mnist`):
+    a ValueError naming each bad flag."""
+    training.validate(config, CONFIG_RULES, where=where, extra=(vqvae_mnist.check_quantizer,))
+
+
 def make_vqvae2(config: ml_collections.ConfigDict, rngs):
     """The VQ-VAE-2 of ``config.model``: the quantizer of ``config.model.quantizer`` at both levels."""
     m, q = config.model, config.model.quantizer
-    if q.kind not in KINDS:
-        raise ValueError(f"`config.model.quantizer.kind` must be one of {KINDS}; got {q.kind!r}.")
 
     def quantizer():
         return make_quantizer(q.kind, num_codes=q.codebook.num_codes, code_dim=q.codebook.code_dim,
@@ -90,11 +114,8 @@ def make_vqvae2(config: ml_collections.ConfigDict, rngs):
 
 def build_vqvae2(config: ml_collections.ConfigDict):
     """Stage 1's task: β and the learning rate are sweepable; the reporter draws reconstructions."""
+    check_config(config)
     m = config.model
-    if m.quantizer.kind not in KINDS:
-        raise ValueError(f"`config.model.quantizer.kind` must be one of {KINDS}; got {m.quantizer.kind!r}.")
-    if not m.beta >= 0:
-        raise ValueError(f"`config.model.beta` must be >= 0; got {m.beta}.")
 
     def objective(model, batch, *, key, step, hparams, weights=None):
         del step
@@ -197,6 +218,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
 def main(argv):
     del argv
     config = _CONFIG.value
+    check_config(config)  # both stages' flags, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     out = run(config, _WORKDIR.value)

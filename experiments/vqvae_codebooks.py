@@ -57,6 +57,35 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Every field of get_config(): the variants' names and experiments.vqvae_mnist's rules under `base`.
+CONFIG_RULES = {
+    "variants": training.sequence(training.one_of(*VARIANTS), min_len=1),
+    **training.nested("base", vqvae_mnist.CONFIG_RULES),
+}
+
+
+def variant_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The run config of variant ``name``: ``config.base`` with its ``model.quantizer`` overrides."""
+    c = config.base.copy_and_resolve_references()
+    c.model.quantizer.update(VARIANTS[name][1])
+    return c
+
+
+def check_variants(config, where: str = "--config") -> list[str]:
+    """Each variant's config passes vqvae_mnist's checks (e.g. ``base``'s Lloyd initialisation and an FSQ variant)."""
+    out = []
+    for name in config.variants:
+        found = training.problems(variant_config(config, name), vqvae_mnist.CONFIG_RULES, where=f"{where}.base",
+                                  extra=(vqvae_mnist.check_quantizer,))
+        out += [f"variant {name!r}: {msg}" for msg in found]
+    return out
+
+
+def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
+    """Every value of ``config`` and of each variant's run config: a ValueError naming each bad flag."""
+    training.validate(config, CONFIG_RULES, where=where, extra=(check_variants,))
+
+
 def _eval_curve(workdir: str, steps: int, final: float) -> tuple[list[int], list[float]]:
     rows = training.read_metrics(workdir)
     pts = [(r["step"], r["perplexity"]) for r in rows if r["split"] == "eval"] + [(steps, final)]
@@ -64,16 +93,13 @@ def _eval_curve(workdir: str, steps: int, final: float) -> tuple[list[int], list
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
-    from vqjax import training, viz
+    from vqjax import viz
 
-    unknown = [v for v in config.variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"`config.variants` has unknown names {unknown}; choose from {list(VARIANTS)}.")
+    check_config(config)  # every variant's flags, before the first trains
     rows, curves = [], {}
     for name in config.variants:
-        description, overrides = VARIANTS[name]
-        c = config.base.copy_and_resolve_references()
-        c.model.quantizer.update(overrides)
+        description = VARIANTS[name][0]
+        c = variant_config(config, name)
         log(f"{name}: {description}")
         sub = os.path.join(workdir, name)
         s = training.train_and_evaluate(c, sub, vqvae_mnist.build(c), log=log)
@@ -111,6 +137,7 @@ def format_table(result: dict) -> str:
 def main(argv):
     del argv
     config = _CONFIG.value
+    check_config(config)  # every flag, before anything starts
     b = config.base
     _program.start(cpu_devices_per_core=b.cpu_devices_per_core, batch_sizes=(b.data.batch_size, b.data.eval_batch_size))
     result = run(config, _WORKDIR.value)

@@ -19,6 +19,7 @@ training log line and at every ``eval_every`` evaluation of the test set.
 from __future__ import annotations
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -76,13 +77,64 @@ def get_sweep():
 
 
 KINDS_WITH_CODEBOOK = ("vq", "ema", "residual")
+CODEBOOK_INITS = ("uniform", "lloyd")
+
+# The rules of `config.model.quantizer` (relative paths), every kind's settings: each is checked
+# whatever the kind, so that a sweep over kinds fails at once on any bad value.
+QUANTIZER_RULES = {
+    "kind": training.one_of(*QUANTIZERS),
+    "codebook.num_codes": training.integer(min=1),
+    "codebook.code_dim": training.integer(min=1),
+    "codebook.cosine": training.boolean(),
+    "codebook.init": training.one_of(*CODEBOOK_INITS),
+    "ema.decay": training.number(min=0, max=1, max_open=True),  # γ in [0, 1)
+    "ema.eps": training.number(min=0, min_open=True),  # Laplace smoothing ε > 0
+    "ema.dead_code_threshold": training.number(min=0),  # 0: no restarts
+    "fsq.levels": training.int_sequence(min_len=1, min=2),  # L_d >= 2 per channel
+    "fsq.lloyd_max": training.boolean(),
+    "fsq.range_loss": training.boolean(),
+    "residual.num_stages": training.integer(min=1),
+    "residual.ema": training.boolean(),
+}
+
+# Every field of get_config(): the shared blocks, the model and its quantizer.
+CONFIG_RULES = {
+    **training.CONFIG_RULES,
+    "model.hidden": training.integer(min=2, multiple_of=2),  # the encoder's first layer has hidden/2
+    "model.residual_hidden": training.integer(min=1),
+    "model.num_residual": training.integer(min=0),
+    "model.beta": training.number(min=0),
+    "model.likelihood": training.one_of(*objectives.LIKELIHOODS),
+    **training.nested("model.quantizer", QUANTIZER_RULES),
+}
+
+
+def check_quantizer(config, where: str = "--config") -> list[str]:
+    """What one field's rule cannot see: Lloyd initialisation needs a codebook; FSQ's levels must be
+    equal with Lloyd-Max levels, and their product must fit int32 code indices."""
+    q, out = config.model.quantizer, []
+    flag = lambda path: training.flag(f"model.quantizer.{path}", where)
+    if q.codebook.get("init") == "lloyd" and q.kind not in KINDS_WITH_CODEBOOK:
+        out.append(f"{flag('codebook.init')}='lloyd' needs a codebook; {flag('kind')} is {q.kind!r}, which has "
+                   "none (use 'uniform').")
+    if q.kind == "fsq":
+        levels = tuple(q.fsq.levels)
+        if q.fsq.lloyd_max and len(set(levels)) != 1:
+            out.append(f"{flag('fsq.levels')} must all be equal with {flag('fsq.lloyd_max')}=True; got {levels}.")
+        if math.prod(levels) > 2**31 - 1:
+            out.append(f"{flag('fsq.levels')} imply {math.prod(levels)} codes; at most 2**31 - 1 fit int32 indices.")
+    return out
+
+
+def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
+    """Every value of ``config`` (:data:`CONFIG_RULES`, :func:`check_quantizer`): a ValueError naming
+    each bad flag. ``where``: the flag prefix of this config (``--config.vqvae`` when nested)."""
+    training.validate(config, CONFIG_RULES, where=where, extra=(check_quantizer,))
 
 
 def make_model(config: ml_collections.ConfigDict, rngs) -> VQVAE:
     """The VQ-VAE of ``config.model`` with the quantizer of ``config.model.quantizer``."""
     m, q = config.model, config.model.quantizer
-    if q.kind not in QUANTIZERS:
-        raise ValueError(f"`config.model.quantizer.kind` must be one of {QUANTIZERS}; got {q.kind!r}.")
     quantizer = make_quantizer(
         q.kind, num_codes=q.codebook.num_codes, code_dim=q.codebook.code_dim, cosine=q.codebook.cosine,
         decay=q.ema.decay, eps=q.ema.eps, dead_code_threshold=q.ema.dead_code_threshold,
@@ -95,17 +147,8 @@ def make_model(config: ml_collections.ConfigDict, rngs) -> VQVAE:
 def build(config: ml_collections.ConfigDict) -> training.Task:
     """The loop's task: β and the learning rate are sweepable; the reporters draw reconstructions,
     code usage and the codebook projection."""
+    check_config(config)
     m, q = config.model, config.model.quantizer
-    if q.kind not in QUANTIZERS:
-        raise ValueError(f"`config.model.quantizer.kind` must be one of {QUANTIZERS}; got {q.kind!r}.")
-    if q.codebook.init not in ("uniform", "lloyd"):
-        raise ValueError(f"`config.model.quantizer.codebook.init` must be 'uniform' or 'lloyd'; got "
-                         f"{q.codebook.init!r}.")
-    if q.codebook.init == "lloyd" and q.kind not in KINDS_WITH_CODEBOOK:
-        raise ValueError("`config.model.quantizer.codebook.init='lloyd'` needs a codebook; FSQ has none "
-                         "(use 'uniform').")
-    if not m.beta >= 0:
-        raise ValueError(f"`config.model.beta` must be >= 0; got {m.beta}.")
 
     def objective(model, batch, *, key, step, hparams, weights=None):
         del step  # no schedule
@@ -169,6 +212,7 @@ def draw_codebook(model, test_src, workdir: str, summary: dict | None = None, *,
 def main(argv):
     del argv
     config = _CONFIG.value
+    check_config(config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     summary = training.train_and_evaluate(config, _WORKDIR.value, build(config))

@@ -60,6 +60,47 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+# `config.sample` (relative paths; experiments.vqvae2_mnist's `prior.sample` too).
+SAMPLE_RULES = {
+    "temperature": training.number(min=0),  # 0: the most likely code
+    "per_class": training.integer(min=1),
+    # FD needs at least 2 images (0: no scores)
+    "score_samples": training.any_of(training.one_of(0), training.integer(min=2)),
+    "cas_steps": training.integer(min=1),
+    "time_samples": training.integer(min=1),
+}
+
+# Every field of get_config(): the prior's shared blocks and model, `sample`, and the VQ-VAE it
+# trains first (`vqvae`: experiments.vqvae_mnist's rules).
+CONFIG_RULES = {
+    **training.CONFIG_RULES,
+    "vqvae_workdir": training.path(),
+    **training.nested("vqvae", vqvae_mnist.CONFIG_RULES),
+    "model.hidden": training.integer(min=1),
+    "model.num_layers": training.integer(min=1),
+    "model.kernel_size": training.integer(min=3, odd=True),
+    "model.out_hidden": training.integer(min=1),
+    "model.class_conditional": training.boolean(),
+    **training.nested("sample", SAMPLE_RULES),
+}
+
+
+def check_vqvae(config, where: str = "--config") -> list[str]:
+    """The VQ-VAE to train first must give one code per position (no residual VQ)."""
+    if config.vqvae_workdir or config.vqvae.model.quantizer.kind != "residual":
+        return []
+    kind = training.flag("vqvae.model.quantizer.kind", where)
+    return [(f"{kind} must be 'vq', 'ema' or 'fsq' (the prior models one code per latent position; residual VQ "
+            "gives num_stages codes per position); got 'residual'.")]
+
+
+def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
+    """Every value of ``config`` (:data:`CONFIG_RULES`, the ``vqvae`` block's quantizer as in
+    :mod:`experiments.vqvae_mnist`): a ValueError naming each bad flag."""
+    training.validate(config, CONFIG_RULES, where=where,
+                      extra=(training.within("vqvae", vqvae_mnist.check_quantizer), check_vqvae))
+
+
 # The flat `config.model` quantizer keys of VQ-VAE runs saved before `model.quantizer` was grouped:
 # old key -> (group, key) in `model.quantizer`.
 _FLAT_QUANTIZER_KEYS = {
@@ -142,6 +183,7 @@ def make_prior(config: ml_collections.ConfigDict, num_codes: int, rngs):
 def build(config: ml_collections.ConfigDict, vqvae, *, log=print):
     """The loop's task of the prior, over the codes the frozen ``vqvae`` gives each batch; its reporter
     draws ``samples.png``, times sampling and, if asked, scores the samples (progress to ``log``)."""
+    check_config(config)
     conditional = bool(config.model.class_conditional)
     vq_graphdef, vq_state = nnx.split(vqvae)
 
@@ -199,6 +241,7 @@ def draw_samples(config, vqvae, *, log=print):
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
     """The VQ-VAE (loaded, or trained first), then the prior; the prior's summary."""
+    check_config(config)  # before the VQ-VAE trains
     vqvae, _ = load_vqvae(config, workdir, log=log)
     return training.train_and_evaluate(config, workdir, build(config, vqvae, log=log), log=log)
 
@@ -206,6 +249,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, log=print) -> dict:
 def main(argv):
     del argv
     config = _CONFIG.value
+    check_config(config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     summary = run(config, _WORKDIR.value)

@@ -5,17 +5,23 @@
 
 Blocks and their fields (every one is a flag: ``--config.train.steps=500``):
 
-- ``seed``: initialisation and the randomness of training (binarization, sampling, restarts).
+- ``seed`` (an int >= 0): initialisation and the randomness of training (binarization, sampling, restarts).
 - ``cpu_devices_per_core``: on a CPU host, one XLA device per core (see
   :func:`vqjax.training.use_cpu_cores_as_devices`); off by default.
 - ``data``: ``dataset``, ``idx_dir`` (a folder of the four IDX files; empty: TFDS, else the
   embedded digits), ``tfds_data_dir`` (empty: TFDS's default), ``seed`` (the order of the training
   batches, apart from ``seed`` so that the runs of a sweep over ``seed`` read the same batches;
-  -1: ``seed``), ``batch_size`` (global), ``eval_batch_size``.
-- ``optimizer``: ``learning_rate`` (the peak), ``warmup_steps``, ``schedule`` (``"constant"`` or
-  ``"cosine"``).
-- ``train``: ``steps``, ``log_every``, ``checkpoint_every``, ``eval_every`` (0: only at the end),
-  ``keep_checkpoints``.
+  -1: ``seed``), ``batch_size`` (global, >= 1), ``eval_batch_size`` (>= 1).
+- ``optimizer``: ``learning_rate`` (the peak, > 0), ``warmup_steps`` (>= 0), ``schedule``
+  (``"constant"`` or ``"cosine"``).
+- ``train``: ``steps``, ``log_every``, ``checkpoint_every`` (each >= 1), ``eval_every`` (0: only at
+  the end), ``keep_checkpoints`` (>= 1).
+
+Every value is checked when a program starts, each error naming its flag
+(``--config.train.log_every`` must be an integer >= 1; got 0): these blocks by
+:data:`vqjax.training.CONFIG_RULES` (also in :func:`vqjax.training.train_and_evaluate`), an
+experiment's own fields by the ``CONFIG_RULES`` and ``check_config`` of its program, which a test
+keeps complete (:func:`vqjax.training.unchecked_fields`). A field added here needs its rule there.
 """
 
 from __future__ import annotations

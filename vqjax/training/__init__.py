@@ -10,10 +10,31 @@ The parts, one idea a module:
 - ``_evaluation``: evaluation over a whole split (padded, masked batches);
 - ``_metrics``: ``metrics.jsonl`` and TensorBoard;
 - ``_loop``: :func:`train_and_evaluate`, one run;
-- ``_sweep_spec`` and ``_sweep``: declaring a sweep and training it group by group.
+- ``_sweep_spec`` and ``_sweep``: declaring a sweep and training it group by group;
+- ``_config``: the rules a config's values are checked against when a program starts.
 """
 
 from vqjax.training._checkpoints import checkpoint_manager, load_model, saved_config, write_json
+from vqjax.training._config import (
+    CONFIG_RULES,
+    any_of,
+    boolean,
+    flag,
+    int_sequence,
+    integer,
+    nested,
+    number,
+    one_of,
+    path,
+    problems,
+    satisfies,
+    sequence,
+    string,
+    unchecked_fields,
+    unknown_rules,
+    validate,
+    within,
+)
 from vqjax.training._evaluation import evaluate, summarize
 from vqjax.training._loop import NonFiniteLossError, train_and_evaluate
 from vqjax.training._mesh import (
@@ -65,5 +86,7 @@ __all__ = [
     "evaluate", "summarize", "MetricsWriter", "read_metrics",
     "NonFiniteLossError", "train_and_evaluate",
     "values", "product", "zipped", "parse_sweep", "member_name", "apply_overrides",
+    "CONFIG_RULES", "validate", "problems", "unchecked_fields", "unknown_rules", "flag", "integer", "number",
+    "boolean", "one_of", "string", "path", "sequence", "int_sequence", "any_of", "satisfies", "nested", "within",
     "Member", "make_members", "group_members", "default_placement", "train_group", "train_sweep",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +13,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 
 def checkpoint_manager(directory: str, *, keep: int = 3) -> ocp.CheckpointManager:
@@ -24,10 +27,44 @@ def checkpoint_manager(directory: str, *, keep: int = 3) -> ocp.CheckpointManage
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def finished_steps(directory: str) -> list[int]:
+    """The steps whose checkpoint was finalised (renamed from its temporary name) in ``directory``."""
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+
+
+def _save_error(mgr: ocp.CheckpointManager, step: int, err: Exception) -> OSError:
+    try:  # an earlier step may still be writing in the background
+        mgr.wait_until_finished()
+    except Exception:  # noqa: BLE001 - the same failure again
+        pass
+    good = finished_steps(str(mgr.directory))
+    last = (f"the last complete checkpoint is step {good[-1]}, which a run with the same --workdir resumes from"
+            if good else "no checkpoint was completed before it")
+    return OSError(getattr(err, "errno", None) or errno.EIO,
+                   f"Could not write the checkpoint of step {step} to {mgr.directory} ({type(err).__name__}: "
+                   f"{str(err).splitlines()[0] if str(err) else ''}); {last}. Free space there (or fix its "
+                   "permissions) and run again.")
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, data_iter) -> None:
-    """Save ``state`` (any pytree: a run's :class:`TrainState` or a sweep group's) and the iterator at ``step``."""
-    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                           data=grain.checkpoint.CheckpointSave(data_iter)))
+    """Save ``state`` (any pytree: a run's :class:`TrainState` or a sweep group's) and the iterator at ``step``.
+
+    A failed write (a full or read-only disk) raises ``OSError`` naming the directory and the last
+    complete step; a save cut short by a kill leaves only a temporary directory, removed on restart.
+    """
+    try:
+        mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               data=grain.checkpoint.CheckpointSave(data_iter)))
+    except Exception as err:  # Orbax and TensorStore raise many types for an I/O failure
+        raise _save_error(mgr, step, err) from err
+
+
+def wait(mgr: ocp.CheckpointManager, step: int) -> None:
+    """Wait for the background writes of ``mgr`` (the checkpoint of ``step`` the latest); errors as :func:`save`."""
+    try:
+        mgr.wait_until_finished()
+    except Exception as err:
+        raise _save_error(mgr, step, err) from err
 
 
 def restore(mgr: ocp.CheckpointManager, step: int, target: Any, data_iter) -> Any:
@@ -37,12 +74,74 @@ def restore(mgr: ocp.CheckpointManager, step: int, target: Any, data_iter) -> An
     return restored["state"]
 
 
+def _check_fits(directory: str, step: int, metadata: Any, target: Any) -> None:
+    """Raise ``ValueError`` naming the first array whose shape (or presence) differs between the
+    checkpoint's ``metadata`` and ``target``: a changed config, not a damaged file."""
+    saved = _shapes(metadata)
+    want = _shapes(target)
+    for name in sorted(set(want) | set(saved)):
+        if want.get(name) != saved.get(name):
+            raise ValueError(
+                f"The checkpoint of step {step} in {directory} does not fit the train state: {name} is "
+                f"{saved.get(name, 'missing')} in the checkpoint and {want.get(name, 'absent')} now. Run with the "
+                "config it was trained with, or start a fresh --workdir.")
+
+
+def set_aside(directory: str, step: int) -> str:
+    """Move the checkpoint of ``step`` out of ``directory`` to ``<directory>_broken/<step>``; its new path."""
+    aside = os.path.join(f"{directory}_broken", str(step))
+    n = 1
+    while os.path.exists(aside):
+        aside, n = os.path.join(f"{directory}_broken", f"{step}.{n}"), n + 1
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    shutil.move(os.path.join(directory, str(step)), aside)
+    return aside
+
+
+def restore_latest(mgr: ocp.CheckpointManager, target: Any, data_iter, *, log=print) -> tuple[int | None, Any, list]:
+    """``(step, state, skipped)``: the newest checkpoint of ``mgr`` that restores.
+
+    A checkpoint whose files are damaged (cut short, deleted, unreadable) is skipped: it is moved
+    to ``<checkpoints>_broken/<step>`` (kept, not deleted), the log says which step and why, and the
+    next newer one is tried. ``skipped`` lists the skipped steps; ``(None, None, skipped)`` when
+    none restores (then ``data_iter`` may have moved: make a fresh one). A checkpoint that is whole
+    but does not fit ``target`` (another model) raises ``ValueError`` instead.
+    """
+    directory, skipped = str(mgr.directory), []
+    for step in sorted(mgr.all_steps(), reverse=True):
+        try:
+            saved = ocp.StandardCheckpointer().metadata(os.path.join(directory, str(step), "state"))
+            saved = getattr(saved, "item_metadata", saved)
+        except Exception:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged file
+            saved = None
+        if saved and jax.tree.leaves(saved):  # readable metadata (Orbax returns none when it cannot read it)
+            _check_fits(directory, step, saved, target)  # whole files of another model: a clear error
+            try:
+                return step, restore(mgr, step, target, data_iter), skipped
+            except Exception:  # noqa: BLE001
+                pass
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"vqjax_set_aside_{step}")
+        aside = set_aside(directory, step) if jax.process_index() == 0 else f"{directory}_broken/{step}"
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"vqjax_set_aside_done_{step}")
+        log(f"Skipped the checkpoint at step {step}: its files do not restore (damaged or cut short); "
+            f"moved it to {aside}.")
+        skipped.append(step)
+        mgr.reload()
+    return None, None, skipped
+
+
 def write_json(path: str, obj: Any) -> None:
     """Write ``obj`` as JSON atomically: a temporary file, then a rename."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+        os.replace(tmp, path)
+    finally:  # a failed dump leaves the old file whole and no temporary behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def saved_config(workdir: str) -> dict | None:

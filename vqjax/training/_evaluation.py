@@ -44,19 +44,20 @@ def summarize(totals: dict) -> dict:
 
 
 def evaluate_totals(eval_step: Callable, source, put: Callable, *, batch_size: int, local: bool = True,
-                    desc: str | None = None) -> dict:
+                    multiple: int = 1, desc: str | None = None) -> dict:
     """The sums (``sum/*``, ``counts*``, ``weight``) of ``eval_step`` over the whole of ``source``.
 
     ``eval_step(batch, weights) -> metrics`` (any leading runs axis is kept); ``put(tree)`` places
-    host arrays on the mesh. The last batch is padded to ``batch_size`` and masked, so every example
-    counts once. Each batch gets ``"index"``: int32 ``[B]`` indices unique to each example, its
+    host arrays on the mesh. Every batch is padded (with masked rows) to a multiple of ``multiple``
+    rows per process (the devices it is split over) and the last one to that full size, so every
+    example counts once whatever the batch size and the device count. Each batch gets ``"index"``: int32 ``[B]`` indices unique to each example, its
     position in ``source`` on one host (padding rows get indices past the end). With ``local``, each
     process reads its own shard of the split; otherwise every process reads all of it.
     """
     procs, me = (jax.process_count(), jax.process_index()) if local else (1, 0)
     it = data_lib.make_pipeline(source, batch_size=batch_size, seed=0, shuffle=False, repeat=False,
                                 drop_remainder=False, process_index=me, process_count=procs)
-    rows = batch_size // procs
+    rows = -(-(batch_size // procs) // multiple) * multiple
     totals: dict = {}
     bar = tqdm(total=-(-len(source) // batch_size), desc=desc, dynamic_ncols=True,
                disable=desc is None or jax.process_index() != 0)
@@ -81,8 +82,9 @@ def evaluate(eval_step, state, source, mesh, *, batch_size: int, desc: str | Non
     """Metrics of one run over the whole of ``source`` (see :func:`summarize`).
 
     ``eval_step`` is :func:`vqjax.training.make_eval_step`'s; each process reads its own rows and
-    the batch is sharded over the mesh axis ``"data"``.
+    the batch, padded to a multiple of the device count, is sharded over the mesh axis ``"data"``.
     """
     totals = evaluate_totals(lambda b, w: eval_step(state, b, w, hparams), source,
-                             lambda tree: shard_batch(tree, mesh), batch_size=batch_size, desc=desc)
+                             lambda tree: shard_batch(tree, mesh), batch_size=batch_size,
+                             multiple=mesh.size // jax.process_count(), desc=desc)
     return summarize(jax.device_get(totals))

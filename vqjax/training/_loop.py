@@ -12,7 +12,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from vqjax import data as data_lib
-from vqjax.training import _checkpoints, _evaluation, _mesh, _steps
+from vqjax.training import _checkpoints, _evaluation, _mesh, _rundir, _steps
 from vqjax.training._metrics import MetricsWriter
 from vqjax.training._state import all_finite, init_train_state
 from vqjax.training._task import LEARNING_RATE, Task, learning_rate_schedule, task_hparams
@@ -23,16 +23,21 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_config(config) -> None:
-    """The shared config blocks' values a loop relies on, with the flag's name in the error."""
-    steps = int(config.train.steps)
-    if steps < 1:
-        raise ValueError(f"`config.train.steps` must be >= 1; got {steps}.")
-    for name in ("log_every", "checkpoint_every"):
-        if int(config.train[name]) < 1:
-            raise ValueError(f"`config.train.{name}` must be >= 1; got {config.train[name]}.")
-    for name in ("batch_size", "eval_batch_size"):
-        if int(config.data[name]) < 1:
-            raise ValueError(f"`config.data.{name}` must be >= 1; got {config.data[name]}.")
+    """The shared config blocks' values a loop relies on (:data:`vqjax.training.CONFIG_RULES`): a
+    ValueError listing every bad value with its flag (``--config.train.log_every``)."""
+    from vqjax.training._config import CONFIG_RULES, validate
+
+    validate(config, CONFIG_RULES)
+
+
+def check_batch_size(batch_size: int, num_devices: int, *, what: str = "devices") -> None:
+    """The global training batch is split evenly over the data devices: a clear error if it cannot be."""
+    if batch_size % num_devices:
+        up = -(-batch_size // num_devices) * num_devices
+        raise ValueError(
+            f"`--config.data.batch_size`={batch_size} must be a multiple of the number of {what}, {num_devices}: "
+            f"each takes an equal share of the global batch (e.g. --config.data.batch_size={up}, "
+            f"{up // num_devices} per device).")
 
 
 def sources(config, *, log=print):
@@ -107,16 +112,24 @@ def scalars(metrics: dict, ndim: int = 0) -> dict:
     return {k: v for k, v in metrics.items() if "/" not in k and jnp.ndim(v) == ndim}
 
 
-def train_and_evaluate(config, workdir: str, task: Task, *, log=print) -> dict:
+def train_and_evaluate(config, workdir: str, task: Task, *, devices=None, log=print) -> dict:
     """Train one run of ``task``, checkpoint, resume, evaluate on the test split, report; the summary.
 
     ``config`` has the shared blocks ``seed``, ``data`` (``dataset``, ``idx_dir``,
     ``tfds_data_dir``, ``seed``, ``batch_size``, ``eval_batch_size``), ``optimizer``
     (``learning_rate``, ``warmup_steps``, ``schedule``) and ``train`` (``steps``, ``log_every``,
     ``checkpoint_every``, ``eval_every``, ``keep_checkpoints``), as ``experiments/configs/common.py``
-    declares them. Running again with the same ``workdir`` resumes from the latest checkpoint; a
-    finished run only evaluates and reports. A non-finite loss or parameters stop the run with
-    :class:`NonFiniteLossError` (its last good checkpoint stays).
+    declares them. ``devices`` (default: all) form the ``"data"`` mesh; the global batch is split
+    evenly over them (evaluation batches are padded to a multiple of their number).
+
+    Running again with the same ``workdir`` resumes from the newest checkpoint that restores (a
+    damaged one is set aside, see :func:`restore_latest`); a finished run only evaluates and
+    reports. On resume, settings that shape the model or its state must be unchanged (a clear
+    ``ValueError`` lists any that differ); the learning rate, the step count and the logging
+    cadence may change and are recorded in ``config_changes.jsonl``. A non-finite loss or
+    parameters stop the run with :class:`NonFiniteLossError` (its last good checkpoint stays). An
+    unwritable workdir or a failed checkpoint write raises ``OSError`` naming the path (and the
+    last complete step).
 
     After training the test split is evaluated with ``task.objective`` and each of
     ``task.evaluations``; on process 0 the reporters draw pictures, and ``summary.json`` is written.
@@ -124,16 +137,18 @@ def train_and_evaluate(config, workdir: str, task: Task, *, log=print) -> dict:
     _mesh.maybe_initialize_distributed()
     t_start = time.perf_counter()
     check_config(config)
-    os.makedirs(workdir, exist_ok=True)
+    _rundir.check_workdir(workdir)
     is_main = jax.process_index() == 0
-    if is_main:  # what load_model's callers rebuild the model from
-        _checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     steps, batch_size = int(config.train.steps), int(config.data.batch_size)
     eval_batch_size = int(config.data.eval_batch_size)
-    mesh = _mesh.make_mesh()
-    for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if size % mesh.size:
-            raise ValueError(f"`config.data.{name}`={size} must be divisible by the number of devices {mesh.size}.")
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if saved_steps := _checkpoints.finished_steps(ckpt_dir):  # a resume: only safe settings may change
+        _rundir.check_resume_config(workdir, config, step=saved_steps[-1], also=task.hparams,
+                                    log=log if is_main else (lambda s: None))
+    if is_main:  # what load_model's callers rebuild the model from
+        _checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    mesh = _mesh.make_mesh(devices)
+    check_batch_size(batch_size, mesh.size)
 
     train_src, test_src = sources(config, log=log if is_main else (lambda s: None))
     train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=data_seed(config))
@@ -143,12 +158,13 @@ def train_and_evaluate(config, workdir: str, task: Task, *, log=print) -> dict:
 
     with jax.set_mesh(mesh):
         state, hparams = _mesh.replicate((state, hparams), mesh)
-        mgr = _checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints"),
-                                              keep=int(config.train.get("keep_checkpoints", 3)))
-        latest = mgr.latest_step()
+        mgr = _checkpoints.checkpoint_manager(ckpt_dir, keep=int(config.train.get("keep_checkpoints", 3)))
+        latest, restored, skipped = _checkpoints.restore_latest(mgr, state, train_iter, log=log)
         if latest is not None:
-            state = _mesh.replicate(_checkpoints.restore(mgr, latest, state, train_iter), mesh)
+            state = _mesh.replicate(restored, mesh)
             log(f"Resumed from the checkpoint at step {latest} in {workdir}.")
+        elif skipped:  # no checkpoint restored: start afresh, the data from its first batch
+            train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=data_seed(config))
         start = int(state.step)
         train_step = jax.jit(_steps.train_step_fn(graphdef, optimizer, task.objective), donate_argnums=0)
         eval_step = _steps.make_eval_step(graphdef, task.objective)
@@ -178,7 +194,7 @@ def train_and_evaluate(config, workdir: str, task: Task, *, log=print) -> dict:
                 # A finite loss does not prove the update after it was finite: check both.
                 if not (np.all(np.isfinite(losses)) and bool(jax.jit(all_finite)(state.params))):
                     bar.close()
-                    mgr.wait_until_finished()
+                    _checkpoints.wait(mgr, step)
                     raise NonFiniteLossError(_non_finite_message(step, losses[-1], mgr.latest_step(), workdir))
                 writer.write(step, "train", mean)
                 bar.set_postfix(loss=f"{mean['loss']:.2f}", img_s=f"{mean['images_per_sec']:.0f}")
@@ -191,14 +207,11 @@ def train_and_evaluate(config, workdir: str, task: Task, *, log=print) -> dict:
                 writer.write(step, "eval", ev)
                 t_interval += time.perf_counter() - t_eval  # evaluation time is not training time
         bar.close()
-        mgr.wait_until_finished()
+        _checkpoints.wait(mgr, steps)
         mgr.close()
 
         ev = _evaluation.evaluate(eval_step, state, test_src, mesh, batch_size=eval_batch_size, hparams=hparams)
         for name, extra in task.evaluations.items():
-            if extra.batch_size % mesh.size:
-                raise ValueError(f"The batch size {extra.batch_size} of evaluation {name!r} must be divisible "
-                                 f"by the number of devices {mesh.size}.")
             more = _evaluation.evaluate(_steps.make_eval_step(graphdef, extra.objective), state, test_src, mesh,
                                         batch_size=extra.batch_size, desc=f"test {name}", hparams=hparams)
             ev.update({k: v for k, v in more.items() if k not in ("num_examples", "_counts")})

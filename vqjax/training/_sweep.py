@@ -24,8 +24,9 @@ from flax import nnx
 from tqdm import tqdm
 
 from vqjax import data as data_lib
-from vqjax.training import _checkpoints, _evaluation, _mesh, _steps
+from vqjax.training import _checkpoints, _evaluation, _mesh, _rundir, _steps
 from vqjax.training._loop import (
+    check_batch_size,
     check_config,
     data_seed,
     initial_state,
@@ -135,10 +136,8 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
         devices = jax.devices()[:runs_axis]
     mesh = _mesh.make_sweep_mesh(len(members), devices)
     runs_axis, data_axis = mesh.shape[_mesh.RUNS_AXIS], mesh.shape[_mesh.DATA_AXIS]
-    for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if size % data_axis:
-            raise ValueError(f"`config.data.{name}`={size} must be divisible by the {data_axis} devices of each run "
-                             f"(the mesh is {runs_axis} runs x {data_axis} data).")
+    check_batch_size(batch_size, data_axis, what=f"devices of each run (the mesh is {runs_axis} runs x "
+                                                f"{data_axis} data)")
     # Pad the group to a multiple of the runs axis with copies of its last run (not reported).
     padded = list(members) + [members[-1]] * (-len(members) % runs_axis)
     tasks += [tasks[-1]] * (len(padded) - len(members))
@@ -161,23 +160,31 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
     diverged = [np.zeros((c.stop - c.start,), bool) for c in chunks]
     runs = jax.P(_mesh.RUNS_AXIS)
     gdir = os.path.join(workdir, "_groups", group_id(members))
+    run_dirs = [os.path.join(workdir, m.name) for m in members]
+    saved_steps = _checkpoints.finished_steps(os.path.join(gdir, "checkpoints"))
+    for m, d, t in zip(members, run_dirs, tasks):
+        _rundir.check_workdir(d)
+        if saved_steps:  # a resume: only safe settings may change
+            _rundir.check_resume_config(d, m.config, step=saved_steps[-1], also=t.hparams,
+                                        log=log if is_main else quiet)
 
     with jax.set_mesh(mesh):
         states, diverged, hparams = _mesh.put_global((states, diverged, hparams), mesh, runs)
         mgr = _checkpoints.checkpoint_manager(os.path.join(gdir, "checkpoints"),
                                               keep=int(config.train.get("keep_checkpoints", 3)))
-        latest = mgr.latest_step()
+        latest, restored, skipped = _checkpoints.restore_latest(mgr, {"state": states, "diverged": diverged},
+                                                                train_iter, log=log)
         if latest is not None:
-            restored = _checkpoints.restore(mgr, latest, {"state": states, "diverged": diverged}, train_iter)
             states, diverged = restored["state"], restored["diverged"]
             log(f"Resumed the group of {len(members)} runs from its checkpoint at step {latest} in {gdir}.")
+        elif skipped:  # no checkpoint restored: start afresh, the data from its first batch
+            train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=data_seed(config),
+                                                process_index=0, process_count=1)
         start = latest or 0
         train_step = _steps.make_runs_train_step(graphdef, optimizer, tasks[0].objective, mesh, placement=placement)
         eval_step = _steps.make_runs_eval_step(graphdef, tasks[0].objective, mesh, placement=placement)
-        run_dirs = [os.path.join(workdir, m.name) for m in members]
         writers = []
         for m, d in zip(members, run_dirs):
-            os.makedirs(d, exist_ok=True)
             if is_main:
                 _checkpoints.write_json(os.path.join(d, "config.json"), m.config.to_dict())
             writers.append(MetricsWriter(d, start, enabled=is_main))
@@ -191,7 +198,7 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
                 return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
 
             totals = _evaluation.evaluate_totals(all_chunks, test_src, put_batch, batch_size=size, local=False,
-                                                 desc=desc)
+                                                 multiple=data_axis, desc=desc)
             return [_evaluation.summarize({k: v[r] for k, v in totals.items()}) for r in range(len(members))]
 
         log_every, ckpt_every = int(config.train.log_every), int(config.train.checkpoint_every)
@@ -231,14 +238,11 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
                     writer.write(step, "eval", ev)
                 t_interval += time.perf_counter() - t_eval
         bar.close()
-        mgr.wait_until_finished()
+        _checkpoints.wait(mgr, steps)
         mgr.close()
 
         tests = evaluate(eval_step, eval_batch_size)
         for name, extra in tasks[0].evaluations.items():
-            if extra.batch_size % data_axis:
-                raise ValueError(f"The batch size {extra.batch_size} of evaluation {name!r} must be divisible by the "
-                                 f"{data_axis} devices of each run.")
             more = evaluate(_steps.make_runs_eval_step(graphdef, extra.objective, mesh, placement=placement),
                             extra.batch_size, desc=f"test {name}")
             for ev, mo in zip(tests, more):
@@ -279,7 +283,7 @@ def _write_run_checkpoint(run_dir: str, state, step: int, data_iter, keep: int) 
     mgr = _checkpoints.checkpoint_manager(os.path.join(run_dir, "checkpoints"), keep=keep)
     if mgr.latest_step() != step:
         _checkpoints.save(mgr, step, state, data_iter)
-    mgr.wait_until_finished()
+    _checkpoints.wait(mgr, step)
     mgr.close()
     # The iterator is a single-process run's (every process reads the whole batch): name its state so.
     if jax.process_count() > 1 and jax.process_index() == 0:
