@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -30,8 +31,20 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "vector-quantize
 # --------------------------------------------------------------------------- subprocess workers
 
 
-def run_worker(script: str, worker: str, args: list[str]) -> dict:
-    """Run ``python script --worker worker *args`` and return the JSON on its last stdout line."""
+def missing(modules) -> list[str]:
+    """The modules of ``modules`` that are not installed here (looked up, not imported)."""
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def run_worker(script: str, worker: str, args: list[str], *, requires=()) -> dict:
+    """Run ``python script --worker worker *args`` and return the JSON on its last stdout line.
+
+    A worker whose peer library (a module of ``requires``, e.g. ``torch``: the ``bench`` extra) is not
+    installed is not started: its row is ``{"not_installed": [...]}``, so the other rows still run.
+    """
+    absent = missing(requires)
+    if absent:
+        return {"not_installed": absent}
     cmd = [sys.executable, script, "--worker", worker, *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)  # failures become rows
     lines = proc.stdout.strip().splitlines()
@@ -162,8 +175,18 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def not_run(result: dict, width: int = 80) -> str | None:
+    """The table cell of a row that has no numbers (``"not installed: torch"`` or ``"failed: ..."``),
+    or None for a row that ran."""
+    if "not_installed" in result:
+        return "not installed: " + ", ".join(result["not_installed"])
+    if "error" in result:
+        return "failed: " + result["error"][:width]
+    return None
+
+
 def write_json(path: str, payload: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
     print(f"\nwrote {os.path.relpath(path)}")

@@ -32,8 +32,8 @@ CASES = {
     "fsq": (f"FSQ {FSQ_LEVELS}", (262144, int(np.prod(FSQ_LEVELS)), len(FSQ_LEVELS))),
     "residual": (f"residual VQ, {STAGES} EMA stages", (65536, 1024, 64)),
 }
-QUICK = {"ema": (4096, 256, 64), "ema_restart": (4096, 256, 64), "fsq": (16384, 1000, 4),
-         "residual": (4096, 256, 64)}
+QUICK = {"ema": (1024, 64, 16), "ema_restart": (1024, 64, 16), "fsq": (1024, 1000, 4),
+         "residual": (1024, 64, 16)}  # --quick: a smoke run of the harness
 
 
 def inputs(n: int, k: int, d: int):

@@ -1,7 +1,7 @@
 """Images/s of the oi-VAE training step: vqjax against the same model in PyTorch.
 
     python benchmarks/oivae.py           # 100 steps per timing, median of 5
-    python benchmarks/oivae.py --quick   # 20 steps, 1 timing
+    python benchmarks/oivae.py --quick   # smoke run of the harness: a tiny model, 2 steps, 1 timing
 
 The model is the MNIST model of ``experiments/oivae.py`` at p = 8 and 64 hidden units (its defaults
 are 16 and 128): an MLP encoder (784-500-2·20), 16 groups (a 4×4 grid of 7×7 regions), per group
@@ -17,7 +17,8 @@ its own subprocess:
   modules called one after another, then the proximal step on the stacked W.
 * PyTorch, batched: the same model with the G generators stacked and run by ``torch.bmm``, as vqjax does.
 
-``torch.set_num_threads(2)``. Results: a markdown table on stdout and ``benchmarks/results/oivae.json``.
+``torch.set_num_threads(2)``. Without PyTorch (the ``bench`` extra) its rows say "not installed" and the
+vqjax row still runs. Results: a markdown table on stdout and ``benchmarks/results/oivae.json``.
 """
 
 from __future__ import annotations
@@ -34,11 +35,19 @@ GRID, SIDE = 4, 7
 G, D = GRID * GRID, SIDE * SIDE
 LAM, LR, SIGMA_THETA = 3.0, 1e-3, 10.0
 
+
+def use_quick_sizes() -> None:
+    """``--quick`` (a smoke run of the harness, not a timing): a tiny model of the same structure (the
+    16 regions), for the parent and its workers alike."""
+    global B, L, P, HIDDEN, ENC
+    B, L, P, HIDDEN, ENC = 32, 4, 2, 8, 16
+
 VARIANTS = {
     "vqjax": "vqjax (jitted step, batched groups)",
     "torch_loop": "PyTorch, per-group loop (the authors' structure)",
     "torch_batched": "PyTorch, batched groups (bmm)",
 }
+REQUIRES = {"torch_loop": ("torch",), "torch_batched": ("torch",)}  # peers: the `bench` extra
 
 
 def _images(n: int = 4096):
@@ -195,7 +204,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.quick:
-        args.steps, args.timings = 20, 1
+        args.steps, args.timings = 2, 1
+        use_quick_sizes()
     if args.worker:
         return _common.emit(run_worker(args.worker, args.steps, args.timings))
     env = _common.environment()
@@ -205,14 +215,16 @@ def main(argv=None) -> None:
     for name in VARIANTS:
         t = time.perf_counter()
         results[name] = _common.run_worker(os.path.abspath(__file__), name,
-                                           ["--steps", str(args.steps), "--timings", str(args.timings)])
+                                           ["--steps", str(args.steps), "--timings", str(args.timings)]
+                                           + ["--quick"] * args.quick,
+                                           requires=REQUIRES.get(name, ()))
         print(f"{name}: {results[name]} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
     base = results["vqjax"].get("images_per_sec")
     rows = []
     for name, what in VARIANTS.items():
         r = results[name]
-        if "error" in r:
-            rows.append([what, "-", "error: " + r["error"][:80], "-"])
+        if _common.not_run(r):
+            rows.append([what, "-", _common.not_run(r), "-"])
             continue
         rows.append([what, f"{r['params']:,}", f"{r['images_per_sec']:,.0f}",
                      f"{base / r['images_per_sec']:.1f}× slower" if name != "vqjax" and base else "-"])
@@ -222,7 +234,8 @@ def main(argv=None) -> None:
     print(_common.markdown_table(["Implementation", "Parameters", "Images/s", "vs vqjax"], rows))
     out = args.out or os.path.join(_common.RESULTS_DIR, "oivae-quick.json" if args.quick else "oivae.json")
     _common.write_json(out, {"environment": env, "steps": args.steps, "batch_size": B, "groups": G,
-                             "latents": L, "timings": args.timings, "results": results})
+                             "latents": L, "group_input_dim": P, "hidden": HIDDEN, "encoder_hidden": ENC,
+                             "quick": args.quick, "timings": args.timings, "results": results})
 
 
 if __name__ == "__main__":

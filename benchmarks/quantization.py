@@ -4,7 +4,7 @@
     python benchmarks/quantization.py                     # all cases below, median of 5 calls
     python benchmarks/quantization.py --parts scalar      # only the 1-D optimum (or: --parts vector)
     python benchmarks/quantization.py --scalar-cases 1000000x64 --vector-cases 100000x256x16
-    python benchmarks/quantization.py --quick             # smoke run: 10^4 samples, few K, 3 calls
+    python benchmarks/quantization.py --quick             # smoke run of the harness: tiny cases, 1 call
 
 1-D optimum, S samples ~ N(0, 1) (float32 values, fixed seed), K levels (S×K in 10^5, 10^6 × 4, 16, 64):
 
@@ -26,7 +26,8 @@ distortion; each final codebook's distortion (mean squared error per vector) is 
 
 Timings: median of the timed calls after one untimed first call (for JAX it includes compilation; the
 compile time of the whole call as one ``jax.jit`` program is measured and reported separately).
-Results: markdown tables on stdout and ``benchmarks/results/quantization.json``.
+Peers that are not installed (ckwrap, scikit-learn, faiss: the ``bench`` extra) get rows that say so;
+the vqjax rows still run. Results: markdown tables on stdout and ``benchmarks/results/quantization.json``.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ import _common
 import numpy as np
 
 SCALAR_CASES = ((100_000, 4), (100_000, 16), (100_000, 64), (1_000_000, 4), (1_000_000, 16), (1_000_000, 64))
-QUICK_SCALAR_CASES = ((10_000, 4), (10_000, 16))
+QUICK_SCALAR_CASES = ((2_000, 4),)  # --quick: a smoke run of the harness
 VECTOR_CASES = ((100_000, 256, 16), (1_000_000, 256, 16))
-QUICK_VECTOR_CASES = ((10_000, 64, 16),)
-ITERATIONS, QUICK_ITERATIONS = 20, 10
-REPEATS, QUICK_REPEATS = 5, 3
+QUICK_VECTOR_CASES = ((2_000, 16, 4),)
+ITERATIONS, QUICK_ITERATIONS = 20, 3
+REPEATS, QUICK_REPEATS = 5, 1
 THREADS = 2  # faiss's OpenMP threads; scikit-learn and XLA use every core (2 here)
 EXACT_RTOL = 1e-6  # "exact": MSE within this relative distance of ckwrap's
 SCALAR_TARGET = 3.0  # vqjax optimal_scalar_quantizer within 3× of ckwrap's time
@@ -64,6 +65,8 @@ VECTOR_IMPLS = {
     "sklearn": "scikit-learn KMeans (lloyd)",
     "faiss": "faiss Kmeans",
 }
+# The peers' modules (the `bench` extra): a worker whose modules are missing is not started.
+REQUIRES = {"ckwrap": ("ckwrap",), "sklearn_1d": ("sklearn",), "sklearn": ("sklearn",), "faiss": ("faiss",)}
 
 
 # --------------------------------------------------------------------------- data and evaluation
@@ -298,7 +301,8 @@ def measure_scalar(case, impls, repeats: int) -> list[dict]:
     script, rows = os.path.abspath(__file__), []
     for impl in impls:
         print(f"  1-D {case_str(case)}  {impl} ...", file=sys.stderr, flush=True)
-        res = _common.run_worker(script, impl, ["--case", case_arg(case), "--repeats", str(repeats)])
+        res = _common.run_worker(script, impl, ["--case", case_arg(case), "--repeats", str(repeats)],
+                                 requires=REQUIRES.get(impl, ()))
         rows.append({"impl": impl, "label": SCALAR_IMPLS[impl], "samples": case[0], "levels": case[1], **res})
     ref = next((r for r in rows if r["impl"] == "ckwrap" and "median_s" in r), None)
     for r in rows:
@@ -320,7 +324,8 @@ def measure_vector(case, impls, repeats: int, iters: int, tmp: str) -> tuple[lis
     for impl in impls:
         print(f"  k-means {case_str(case)}  {impl} ...", file=sys.stderr, flush=True)
         res = _common.run_worker(script, impl, ["--case", case_arg(case), "--repeats", str(repeats),
-                                                "--iters", str(iters), "--init-path", init_path])
+                                                "--iters", str(iters), "--init-path", init_path],
+                                 requires=REQUIRES.get(impl, ()))
         rows.append({"impl": impl, "label": VECTOR_IMPLS[impl], "case": list(case), "max_iter": iters, **res})
     ref = next((r for r in rows if r["impl"] == "gla" and "median_s" in r), None)
     ref_cb = np.load(f"{init_path[:-4]}-gla.npy") if ref else None
@@ -346,8 +351,8 @@ def scalar_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         cells = [r["label"], f"{r['samples']:.0e}".replace("e+0", "e"), r["levels"]]
-        if "error" in r:
-            body.append(cells + ["failed: " + r["error"][:100]] + [""] * 7)
+        if _common.not_run(r, 100):
+            body.append(cells + [_common.not_run(r, 100)] + [""] * 7)
             continue
         compile_s = _num(r["compile_s"], ".2f") if "compile_s" in r else "—"
         ratio = f"{r['time_vs_ckwrap']:.2f}×" if "time_vs_ckwrap" in r else "—"
@@ -365,8 +370,8 @@ def vector_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         cells = [r["label"], case_str(r["case"])]
-        if "error" in r:
-            body.append(cells + ["failed: " + r["error"][:100]] + [""] * 9)
+        if _common.not_run(r, 100):
+            body.append(cells + [_common.not_run(r, 100)] + [""] * 9)
             continue
         compile_s = _num(r["compile_s"], ".2f") if "compile_s" in r else "—"
         speed = f"{r['vqjax_speedup']:.2f}×" if "vqjax_speedup" in r else "—"
@@ -466,7 +471,8 @@ def main(argv=None) -> None:
     p.add_argument("--iters", type=int, help=f"Lloyd iterations for k-means (default {ITERATIONS})")
     p.add_argument("--repeats", type=int, help=f"timed calls per implementation × case (default {REPEATS})")
     p.add_argument("--quick", action="store_true",
-                   help=f"smoke run: 10^4 samples, K = 4, 16 (1-D) / 64 (k-means), {QUICK_REPEATS} calls")
+                   help=f"smoke run of the harness: {case_str(QUICK_SCALAR_CASES[0])} (1-D), "
+                        f"{case_str(QUICK_VECTOR_CASES[0])} (k-means), {QUICK_REPEATS} call")
     p.add_argument("--out", help="JSON path (default benchmarks/results/quantization[-quick].json)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)

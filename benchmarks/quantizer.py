@@ -3,7 +3,7 @@ and (nearest-code search only) faiss, each implementation × shape in its own su
 
     python benchmarks/quantizer.py                          # the four default shapes, median of 7
     python benchmarks/quantizer.py --shapes 65536x1024x64   # a subset (any N×K×D)
-    python benchmarks/quantizer.py --quick                  # smoke run: one small shape, 3 repeats
+    python benchmarks/quantizer.py --quick                  # smoke run of the harness: tiny shapes, 1 repeat
     python benchmarks/quantizer.py --parts variants         # only EMA VQ, restarts, FSQ, residual VQ
 
 Work timed per call, float32, z [N, D] ~ N(0, 1), codebook [K, D] ~ N(0, 1):
@@ -21,6 +21,7 @@ alone (forward, backward, codebook update) for EMA VQ, EMA VQ with dead-code res
 vqjax against vector-quantize-pytorch's ``VectorQuantize``, ``FSQ`` and ``ResidualVQ`` with matching
 settings; see that module's docstring.
 
+Peers that are not installed (the ``bench`` extra) get rows that say so; the vqjax rows still run.
 Results: markdown tables on stdout and ``benchmarks/results/quantizer.json``.
 """
 
@@ -35,7 +36,7 @@ import _variants
 import numpy as np
 
 SHAPES = ((16384, 512, 64), (65536, 1024, 64), (262144, 1024, 64), (65536, 8192, 64))
-QUICK_SHAPES = ((4096, 256, 64),)
+QUICK_SHAPES = ((1024, 64, 16),)
 BETA = 0.25
 TORCH_THREADS = 2
 WARMUP = 2
@@ -50,6 +51,9 @@ IMPLS = {
     "faiss": ("faiss IndexFlatL2, k=1", "search only"),
 }
 VQJAX_OF_KIND = {"fwd+bwd": "vqjax", "search only": "vqjax_search"}
+# The peers' modules (the `bench` extra): a worker whose modules are missing is not started.
+REQUIRES = {"haiku": ("haiku",), "vqtorch": ("torch", "vector_quantize_pytorch"), "faiss": ("faiss",),
+            "check": ("haiku", "faiss")}
 
 
 def make_inputs(n: int, k: int, d: int):
@@ -190,8 +194,9 @@ def run_variant_worker(impl: str, case: str, shape, repeats: int) -> dict:
     call = getattr(_variants, f"setup_{impl}")(case, *_variants.inputs(*shape))
     times, peak = _common.time_calls(call, repeats=repeats, warmup=WARMUP)
     result = {"times_s": times, "median_s": _common.median(times), "peak_gib": peak}
-    if case == "fsq" and impl == "vqjax":
-        result["check"] = _variants.check_fsq(_variants.inputs(*shape)[0])
+    if case == "fsq" and impl == "vqjax":  # against the peer's FSQ, if it is installed
+        absent = _common.missing(REQUIRES["vqtorch"])
+        result["check"] = {"not_installed": absent} if absent else _variants.check_fsq(_variants.inputs(*shape)[0])
     return result
 
 
@@ -207,7 +212,8 @@ def measure_variants(cases, repeats: int, quick: bool) -> list[dict]:
         for impl in VARIANT_IMPLS:
             print(f"  {case} {shape_str(shape)}  {impl} ...", file=sys.stderr, flush=True)
             res = _common.run_worker(script, f"variant:{impl}:{case}",
-                                     ["--shape", shape_str(shape).replace("×", "x"), "--repeats", str(repeats)])
+                                     ["--shape", shape_str(shape).replace("×", "x"), "--repeats", str(repeats)],
+                                     requires=REQUIRES.get(impl, ()))
             row = {"case": case, "label": label, "impl": impl, "shape": list(shape), **res}
             if "median_s" in res:
                 row["vectors_per_s"] = shape[0] / res["median_s"]
@@ -224,8 +230,8 @@ def variants_table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         cells = [r["label"], VARIANT_IMPLS[r["impl"]], shape_str(r["shape"])]
-        if "error" in r:
-            body.append(cells + ["failed: " + r["error"][:80], "", "", ""])
+        if _common.not_run(r):
+            body.append(cells + [_common.not_run(r), "", "", ""])
             continue
         speedup = f"{r['vqjax_speedup']:.2f}×" if "vqjax_speedup" in r else "—"
         body.append(cells + [f"{r['median_s']:.4f}", f"{r['vectors_per_s']:.3g}", f"{r['peak_gib']:.2f}", speedup])
@@ -280,11 +286,11 @@ def measure_shape(shape, impls, repeats: int) -> tuple[list[dict], dict]:
     rows = []
     for impl in ["matmul", *impls]:
         print(f"  {shape_str(shape)}  {impl} ...", file=sys.stderr, flush=True)
-        res = _common.run_worker(script, impl, [*args, "--repeats", str(repeats)])
+        res = _common.run_worker(script, impl, [*args, "--repeats", str(repeats)], requires=REQUIRES.get(impl, ()))
         rows.append({"impl": impl, "label": IMPLS[impl][0], "kind": IMPLS[impl][1],
                      "shape": list(shape), **res})
     print(f"  {shape_str(shape)}  correctness check ...", file=sys.stderr, flush=True)
-    check = _common.run_worker(script, "check", args)
+    check = _common.run_worker(script, "check", args, requires=REQUIRES["check"])
     add_derived(rows, shape)
     return rows, check
 
@@ -312,8 +318,8 @@ def table(rows: list[dict]) -> str:
     body = []
     for r in rows:
         cells = [r["label"], r["kind"], shape_str(r["shape"])]
-        if "error" in r:
-            body.append(cells + ["failed: " + r["error"][:80]] + [""] * 5)
+        if _common.not_run(r):
+            body.append(cells + [_common.not_run(r)] + [""] * 5)
             continue
         share = f"{r['share_of_matmul']:.0%}" if "share_of_matmul" in r else "—"
         speedup = f"{r['vqjax_speedup']:.2f}×" if "vqjax_speedup" in r else "—"
@@ -323,6 +329,8 @@ def table(rows: list[dict]) -> str:
 
 
 def check_line(shape, check: dict) -> str:
+    if "not_installed" in check:
+        return f"- {shape_str(shape)}: no check against haiku and faiss: {_common.not_run(check)}."
     if "error" in check:
         return f"- {shape_str(shape)}: check failed: {check['error']}"
     agree = ("identical indices" if check["indices_identical"]
@@ -355,7 +363,7 @@ def main(argv=None) -> None:
     p.add_argument("--impls", nargs="+", choices=[i for i in IMPLS if i != "matmul"],
                    default=[i for i in IMPLS if i != "matmul"], help="implementations (matmul always runs)")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per implementation × shape (median)")
-    p.add_argument("--quick", action="store_true", help="smoke run: one small shape, 3 repeats")
+    p.add_argument("--quick", action="store_true", help="smoke run of the harness: tiny shapes, 1 repeat")
     p.add_argument("--parts", nargs="+", choices=("base", "variants"), default=["base", "variants"],
                    help="base: the paper's quantizer vs haiku/VQP/faiss; variants: EMA, restarts, FSQ, residual")
     p.add_argument("--cases", nargs="+", choices=list(_variants.CASES), default=list(_variants.CASES),
@@ -374,7 +382,7 @@ def main(argv=None) -> None:
         return _common.emit(run_timing_worker(args.worker, args.shape, args.repeats))
 
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
-    repeats = 3 if args.quick and args.repeats == 7 else args.repeats
+    repeats = 1 if args.quick and args.repeats == 7 else args.repeats
     env = _common.environment()
     print(_common.describe_environment(env), file=sys.stderr)
     _common.warn_if_busy(env)
@@ -397,7 +405,9 @@ def main(argv=None) -> None:
         print(variants_table(variant_rows) + "\n")
         print("- " + "\n- ".join(VARIANT_NOTES))
         fsq_check = next((r["check"] for r in variant_rows if "check" in r), None)
-        if fsq_check:
+        if fsq_check and "not_installed" in fsq_check:
+            print(f"- FSQ check against vector-quantize-pytorch: {_common.not_run(fsq_check)}.")
+        elif fsq_check:
             print(f"- FSQ check: vqjax and vector-quantize-pytorch give codes differing by at most "
                   f"{fsq_check['fsq_codes_max_abs_diff']:.2g} and indices differing for "
                   f"{fsq_check['fsq_indices_differing']} of {fsq_check['n']} vectors.")

@@ -1,7 +1,7 @@
 """Seconds to draw code grids from a gated PixelCNN prior: vqjax against the same network in PyTorch.
 
     python benchmarks/sampling.py           # 1000 class-conditional 7×7 grids, K = 512; median of 3 (PyTorch: 1)
-    python benchmarks/sampling.py --quick   # 100 grids, 1 timing
+    python benchmarks/sampling.py --quick   # smoke run of the harness: a tiny prior, 8 grids, 1 timing
 
 The prior is the default of ``experiments/vqvae_prior_mnist.py``: 8 gated layers of 64 channels,
 kernel 3, a 128-channel output layer, K = 512 codes, 10 classes. Each variant runs in its own subprocess:
@@ -14,6 +14,7 @@ kernel 3, a 128-channel output layer, K = 512 codes, 10 classes. Each variant ru
   (the one in the public PyTorch VQ-VAE + PixelCNN implementations): under ``torch.inference_mode()``,
   for each position the full forward pass, softmax, ``torch.multinomial``. ``torch.set_num_threads(2)``.
 
+Without PyTorch (the ``bench`` extra) its row says "not installed" and the vqjax rows still run.
 Results: a markdown table on stdout and ``benchmarks/results/sampling.json``.
 """
 
@@ -29,11 +30,18 @@ import _common
 K, CLASSES, GRID = 512, 10, (7, 7)
 HIDDEN, LAYERS, KERNEL, OUT_HIDDEN = 64, 8, 3, 128
 
+
+def use_quick_sizes() -> None:
+    """``--quick`` (a smoke run of the harness, not a timing): a tiny prior, for the parent and its workers."""
+    global K, HIDDEN, LAYERS, OUT_HIDDEN
+    K, HIDDEN, LAYERS, OUT_HIDDEN = 16, 8, 2, 8
+
 VARIANTS = {
     "vqjax_rows": "vqjax sample_codes (row-wise, jitted fori_loop)",
     "vqjax_full": "vqjax, whole network per code (jitted fori_loop)",
     "torch": "PyTorch, whole network per code (inference_mode loop)",
 }
+REQUIRES = {"torch": ("torch",)}  # the peer: the `bench` extra
 
 
 def setup_vqjax(variant: str, n: int):
@@ -135,7 +143,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.quick:
-        args.samples, args.timings, args.torch_timings = 100, 1, 1
+        args.samples, args.timings, args.torch_timings = 8, 1, 1
+        use_quick_sizes()
     if args.worker:
         return _common.emit(run_worker(args.worker, args.samples, args.timings))
     env = _common.environment()
@@ -146,14 +155,16 @@ def main(argv=None) -> None:
         t = time.perf_counter()
         timings = args.torch_timings if name == "torch" else args.timings
         results[name] = _common.run_worker(os.path.abspath(__file__), name,
-                                           ["--samples", str(args.samples), "--timings", str(timings)])
+                                           ["--samples", str(args.samples), "--timings", str(timings)]
+                                           + ["--quick"] * args.quick,
+                                           requires=REQUIRES.get(name, ()))
         print(f"{name}: {results[name]} ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
     base = results["vqjax_rows"].get("seconds")
     rows = []
     for name, what in VARIANTS.items():
         r = results[name]
-        if "error" in r:
-            rows.append([what, "-", "error: " + r["error"][:80], "-"])
+        if _common.not_run(r):
+            rows.append([what, "-", _common.not_run(r), "-"])
             continue
         rows.append([what, f"{r['params']:,}", f"{r['seconds']:.2f}",
                      f"{r['seconds'] / base:.1f}×" if base else "-"])
@@ -163,6 +174,7 @@ def main(argv=None) -> None:
     print(_common.markdown_table(["Implementation", "Parameters", "Seconds", "vs vqjax"], rows))
     out = args.out or os.path.join(_common.RESULTS_DIR, "sampling-quick.json" if args.quick else "sampling.json")
     _common.write_json(out, {"environment": env, "samples": args.samples, "grid": GRID, "num_codes": K,
+                             "hidden": HIDDEN, "layers": LAYERS, "out_hidden": OUT_HIDDEN, "quick": args.quick,
                              "timings": args.timings, "results": results})
 
 

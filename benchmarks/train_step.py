@@ -1,20 +1,24 @@
 """Images per second of the VQ-VAE training step: vqjax against the same architecture in PyTorch.
 
     python benchmarks/train_step.py           # warm-up, then the median of 7 timings of 20 steps
-    python benchmarks/train_step.py --quick   # smoke run: 3 timings of 5 steps
+    python benchmarks/train_step.py --quick   # smoke run of the harness: a tiny model, 1 timing of 1 step
 
 Batch 128 of 28×28×1 images, uniform in [0, 1]; the default model of ``experiments/vqvae_mnist.py``
 (K=512, D=64, hidden 64, residual hidden 32, 2 residual blocks, Adam lr 1e-3, β=0.25, Bernoulli
 likelihood), built here from ``vqjax`` (``MODEL``, ``OPTIMIZER``). Variants, each in its own subprocess:
 
-* vqjax: ``vqjax.training.make_train_step`` on that model and the experiment's objective (jitted, donated).
+* vqjax: ``vqjax.training.make_train_step`` on that model and the experiment's objective (jitted, donated),
+  on one XLA:CPU device (the experiments' default, ``cpu_devices_per_core=False``: XLA's intra-op threads)
+  and on one single-threaded device per core with the batch sharded over them (the experiments' opt-in
+  ``--config.cpu_devices_per_core=True``).
 * PyTorch + vector-quantize-pytorch ``VectorQuantize(dim=64, codebook_size=512, commitment_weight=0.25)``
   with its defaults (EMA codebook, rotation trick).
 * PyTorch + a plain VQ (the paper's): codebook ``nn.Embedding`` uniform in ±1/K, nearest code from
   ``||z||² - 2 z·e + ||e||²``, straight-through, codebook loss + β · commitment loss.
 
-PyTorch runs with ``torch.set_num_threads(2)``; XLA uses every core (2 here). Results: a markdown table on
-stdout and ``benchmarks/results/train_step.json``.
+PyTorch runs with ``torch.set_num_threads(2)``; XLA uses every core (2 here). Without PyTorch and
+vector-quantize-pytorch (the ``bench`` extra) their rows say "not installed" and the vqjax rows still run.
+Results: a markdown table on stdout and ``benchmarks/results/train_step.json``.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ TORCH_THREADS = 2
 WARMUP_STEPS = 5
 
 VARIANTS = {
-    "vqjax": "vqjax (Flax NNX, jax.jit, donated; one CPU device per core, data-parallel)",
-    "vqjax_1dev": "vqjax, one CPU device (XLA's intra-op threads)",
+    "vqjax": "vqjax (Flax NNX, jax.jit, donated; one CPU device per core, data-parallel: opt-in)",
+    "vqjax_1dev": "vqjax, one CPU device (the experiments' default; XLA's intra-op threads)",
     "torch_vqp": "PyTorch + vector-quantize-pytorch VectorQuantize (EMA, rotation_trick on)",
     "torch_plain": "PyTorch + plain VQ (paper's)",
 }
+REQUIRES = {"torch_vqp": ("torch", "vector_quantize_pytorch"), "torch_plain": ("torch",)}  # the `bench` extra
 
 
 def make_images() -> np.ndarray:
@@ -44,9 +49,9 @@ def make_images() -> np.ndarray:
     return np.random.default_rng(0).uniform(size=(BATCH, *IMAGE)).astype(np.float32)
 
 
-def time_steps(run_steps, *, timings: int, steps: int) -> list[float]:
-    """Seconds of each of ``timings`` runs of ``steps`` training steps, after a warm-up."""
-    run_steps(WARMUP_STEPS)
+def time_steps(run_steps, *, timings: int, steps: int, warmup: int = WARMUP_STEPS) -> list[float]:
+    """Seconds of each of ``timings`` runs of ``steps`` training steps, after ``warmup`` steps."""
+    run_steps(warmup)
     out = []
     for _ in range(timings):
         t0 = time.perf_counter()
@@ -64,14 +69,24 @@ MODEL = {"hidden": 64, "residual_hidden": 32, "num_residual": 2, "beta": 0.25, "
          "quantizer": {"kind": "vq", "codebook": {"num_codes": 512, "code_dim": 64, "cosine": False}}}
 OPTIMIZER = {"learning_rate": 1e-3, "warmup_steps": 100, "schedule": "constant"}
 SEED = 0
+# --quick (a smoke run of the harness, not a timing): a tiny model of the same structure at batch 16.
+QUICK_BATCH = 16
+QUICK_MODEL = {**MODEL, "hidden": 8, "residual_hidden": 4, "num_residual": 1,
+               "quantizer": {"kind": "vq", "codebook": {"num_codes": 16, "code_dim": 4, "cosine": False}}}
+
+
+def use_quick_sizes() -> None:
+    """``--quick``: the tiny model and batch, for the parent and its workers alike."""
+    global BATCH, MODEL
+    BATCH, MODEL = QUICK_BATCH, QUICK_MODEL
 
 
 def setup_vqjax(per_core: bool):
     """``(run_steps, num_params, config)`` for the experiment's default VQ-VAE.
 
     ``per_core``: one XLA:CPU device per core with the batch sharded over them
-    (``training.use_cpu_cores_as_devices``, the experiments' ``--config.cpu_devices_per_core=True``);
-    else one device.
+    (``training.use_cpu_cores_as_devices``, what the experiments do with ``--config.cpu_devices_per_core=True``);
+    else one device (the experiments' default).
     """
     import jax
     import ml_collections
@@ -197,7 +212,10 @@ def setup_torch(quantizer: str):
 
     torch.set_num_threads(TORCH_THREADS)
     torch.manual_seed(0)
-    model = torch_vqvae(quantizer).train()
+    cb = MODEL["quantizer"]["codebook"]
+    model = torch_vqvae(quantizer, num_codes=cb["num_codes"], code_dim=cb["code_dim"], hidden=MODEL["hidden"],
+                        residual_hidden=MODEL["residual_hidden"], num_residual=MODEL["num_residual"],
+                        beta=MODEL["beta"]).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.from_numpy(make_images()).permute(0, 3, 1, 2).contiguous()  # NCHW
 
@@ -212,12 +230,12 @@ def setup_torch(quantizer: str):
     return run_steps, num_params, {"buffers": buffers, "torch_threads": torch.get_num_threads()}
 
 
-def run_worker(variant: str, timings: int, steps: int) -> dict:
+def run_worker(variant: str, timings: int, steps: int, warmup: int = WARMUP_STEPS) -> dict:
     if variant.startswith("vqjax"):
         run_steps, num_params, extra = setup_vqjax(per_core=variant == "vqjax")
     else:
         run_steps, num_params, extra = setup_torch(variant.removeprefix("torch_"))
-    times = time_steps(run_steps, timings=timings, steps=steps)
+    times = time_steps(run_steps, timings=timings, steps=steps, warmup=warmup)
     rates = [steps * BATCH / t for t in times]
     return {"num_params": int(num_params), "timings_s": times, "images_per_s_each": rates,
             "images_per_s": _common.median(rates), **extra}
@@ -241,8 +259,8 @@ def table(results: dict) -> str:
     rows = []
     for name, label in VARIANTS.items():
         r = results[name]
-        if "error" in r:
-            rows.append([label, "", "failed: " + r["error"][:80], "", ""])
+        if _common.not_run(r):
+            rows.append([label, "", _common.not_run(r), "", ""])
             continue
         speedup = "—" if name == "vqjax" or not ref else f"{ref / r['images_per_s']:.2f}×"
         rows.append([label, f"{r['num_params']:,}", f"{r['images_per_s']:,.0f}",
@@ -255,15 +273,18 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--timings", type=int, default=7, help="timed runs per variant (median)")
     p.add_argument("--steps", type=int, default=20, help="training steps per timed run")
-    p.add_argument("--quick", action="store_true", help="smoke run: 3 timings of 5 steps")
+    p.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS, help="untimed steps before the timings")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run of the harness: a tiny model at batch 16, 1 timing of 1 step after 1 warm-up step")
     p.add_argument("--out", help="JSON path (default benchmarks/results/train_step[-quick].json)")
     p.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.timings, args.steps = 3, 5
+        args.timings, args.steps, args.warmup_steps = 1, 1, 1
+        use_quick_sizes()
 
     if args.worker:
-        return _common.emit(run_worker(args.worker, args.timings, args.steps))
+        return _common.emit(run_worker(args.worker, args.timings, args.steps, args.warmup_steps))
 
     env = _common.environment()
     print(_common.describe_environment(env), file=sys.stderr)
@@ -272,28 +293,34 @@ def main(argv=None) -> None:
     for name in VARIANTS:
         print(f"  {name} ...", file=sys.stderr, flush=True)
         results[name] = _common.run_worker(os.path.abspath(__file__), name,
-                                           ["--timings", str(args.timings), "--steps", str(args.steps)])
+                                           ["--timings", str(args.timings), "--steps", str(args.steps),
+                                            "--warmup-steps", str(args.warmup_steps)] + ["--quick"] * args.quick,
+                                           requires=REQUIRES.get(name, ()))
 
     print(f"\n## VQ-VAE training step, batch {BATCH} of 28×28×1, median of {args.timings} timings of "
-          f"{args.steps} steps after {WARMUP_STEPS} warm-up steps\n")
+          f"{args.steps} steps after {args.warmup_steps} warm-up steps\n")
     print(_common.describe_environment(env) + "\n")
     print(table(results) + "\n")
     notes = [
         param_note(results) if all("num_params" in results[v] for v in ("vqjax", "torch_plain")) else
-        "Parameters: a variant failed, no comparison.",
+        "Parameters: no comparison (" + "; ".join(f"{v}: {_common.not_run(results[v])}" for v in ("vqjax", "torch_plain")
+                                                  if _common.not_run(results[v])) + ").",
         "vqjax speedup = vqjax images/s ÷ the row's images/s (above 1×: vqjax is faster).",
-        (f"PyTorch: torch.set_num_threads({TORCH_THREADS}); vqjax: {results['vqjax'].get('devices')} "
-        "single-threaded XLA:CPU devices, one per core, the batch sharded over them (the experiments' "
-        "--config.cpu_devices_per_core=True), and, for reference, one device using XLA's intra-op thread pool. "
-        "The vqjax step also computes its logged metrics (code usage, perplexity, MSE, gradient norm)."),
+        (f"PyTorch: torch.set_num_threads({TORCH_THREADS}); vqjax: one XLA:CPU device using XLA's intra-op "
+        "thread pool (the experiments' default, cpu_devices_per_core=False), and "
+        f"{results['vqjax'].get('devices')} single-threaded XLA:CPU devices, one per core, the batch sharded over "
+        "them (what the experiments do with --config.cpu_devices_per_core=True). The vqjax speedup column "
+        "compares with the per-core row. The vqjax step also computes its logged metrics (code usage, "
+        "perplexity, MSE, gradient norm)."),
         ("Losses: BCE-with-logits summed per image, mean over the batch, + codebook + 0.25 · commitment "
         "(summed per image) for vqjax and the plain VQ; vector-quantize-pytorch adds its own commitment "
         "loss (per-element mean × 0.25) and learns the codebook by EMA."),
     ]
     print("\n".join("- " + n for n in notes))
     out = args.out or os.path.join(_common.RESULTS_DIR, "train_step-quick.json" if args.quick else "train_step.json")
-    _common.write_json(out, {"environment": env, "batch": BATCH, "timings": args.timings, "steps": args.steps,
-                             "warmup_steps": WARMUP_STEPS, "notes": notes, "results": results})
+    _common.write_json(out, {"environment": env, "batch": BATCH, "model": MODEL, "quick": args.quick,
+                             "timings": args.timings, "steps": args.steps,
+                             "warmup_steps": args.warmup_steps, "notes": notes, "results": results})
 
 
 if __name__ == "__main__":

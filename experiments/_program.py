@@ -5,6 +5,9 @@ Sweeps (one run per β, λ, seed, ...) run on the sweep engine: :func:`vqjax.tra
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 from absl import flags, logging
 
 from vqjax import training
@@ -17,3 +20,12 @@ def start(*, cpu_devices_per_core: bool = False, batch_sizes: tuple[int, ...] = 
         logging.set_verbosity(logging.ERROR)
     if cpu_devices_per_core:
         training.use_cpu_cores_as_devices(batch_sizes)
+
+
+def check_flags(check: Callable[[object], None], config) -> None:
+    """``check(config)`` at a program's start; a ``ValueError`` (a bad flag) is printed with the
+    flag's name and no traceback, and the program exits with status 1."""
+    try:
+        check(config)
+    except ValueError as err:
+        raise SystemExit(f"{sys.argv[0]}: bad flags:\n{err}") from None

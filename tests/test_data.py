@@ -147,6 +147,23 @@ def test_idx_source_truncated_header(tmp_path):
         data.read_idx(path)
 
 
+@pytest.mark.parametrize("damage", ["garbage_after_header", "truncated", "bad_crc"])
+def test_idx_source_corrupt_gzip(idx_folder, damage):
+    """A ``.gz`` file whose stream is damaged: a ValueError naming the file, whatever zlib raised."""
+    folder, _ = idx_folder
+    path = folder / "train-labels-idx1-ubyte.gz"
+    good = path.read_bytes()
+    assert good[:2] == b"\x1f\x8b"
+    bad = {"garbage_after_header": good[:10] + b"\xff not a deflate stream \xff" * 4,  # zlib.error
+           "truncated": good[: len(good) // 2],  # EOFError
+           "bad_crc": good[:-8] + bytes(4) + good[-4:]}[damage]  # gzip.BadGzipFile
+    path.write_bytes(bad)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": corrupt or truncated gzip file.*expected a gzip"):
+        data.idx_source(folder, "train")
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        data.read_idx(path)
+
+
 def test_idx_source_bad_magic(idx_folder):
     folder, _ = idx_folder
     images = folder / "t10k-images-idx3-ubyte"
@@ -175,7 +192,7 @@ def test_idx_source_bad_split(idx_folder):
 
 
 def test_tfds_source_reads_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a required dependency: a broken install fails
     with tfds.testing.mock_data(num_examples=16):
         src = data.tfds_source("mnist", "train")
         assert src.name == "tfds:mnist"
@@ -188,7 +205,7 @@ def test_tfds_source_reads_mock_data():
 
 
 def test_get_source_prefers_tfds():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a required dependency: a broken install fails
     logged = []
     with tfds.testing.mock_data(num_examples=16):
         src = data.get_source(split="test", log=logged.append)
@@ -197,7 +214,7 @@ def test_get_source_prefers_tfds():
 
 
 def test_tfds_source_not_prepared(tmp_path):
-    pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets  # noqa: F401  (a required dependency: a broken install fails)
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path)) + ".*tfds build mnist"):
         data.tfds_source("mnist", "train", data_dir=str(tmp_path))
     assert list(tmp_path.iterdir()) == []  # nothing downloaded or created
@@ -238,7 +255,7 @@ def test_embedded_split_is_balanced_and_configurable():
 
 
 def test_get_source_other_datasets_do_not_fall_back(tmp_path):
-    pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets  # noqa: F401  (a required dependency: a broken install fails)
     with pytest.raises(FileNotFoundError, match="fashion_mnist"):
         data.get_source(split="train", dataset="fashion_mnist", tfds_data_dir=str(tmp_path))
 

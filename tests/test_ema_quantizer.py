@@ -113,6 +113,66 @@ def test_bias_correction_first_step_gives_the_batch_means():
     np.testing.assert_allclose(float(state.weight), 0.01, rtol=1e-5)
 
 
+# In the codes e_i = m̂_i / Ñ_i the 1/w of the bias correction cancels except inside the Laplace
+# smoothing Ñ_i = (N̂_i + ε) / (n + K ε) · n (uncorrected statistics smooth with ε / w instead of ε),
+# and it does not cancel at all in the usage N̂ and in the dead-code test N̂ < threshold. The tests
+# below make each of those matter: ε = 1 (a strong smoothing) and a restart after the third step.
+
+
+def test_bias_corrected_codes_are_stationary_under_a_repeated_batch():
+    """The same batch every step: N̂ and m̂ are that batch's counts and sums from the first step on, so
+    the codes (smoothing included) are the same at every step. Uncorrected statistics, ``(1 - γ^t)``
+    times smaller, would smooth ever less as t grows and move the codes."""
+    e0 = _codebook()
+    z = _batch(40, seed=7) * 0.3 + e0[np.arange(40) % 6]
+    idx = np.arange(40, dtype=np.int32) % 6  # codes 6, 7 unused
+    state = quantizers.ema_init(e0)
+    step = jax.jit(lambda s: quantizers.ema_update(s, z, idx, decay=0.9, eps=1.0))
+    usage = jax.jit(quantizers.ema_usage)
+    counts = np.bincount(idx, minlength=K).astype(np.float64)
+    sums = np.stack([z[idx == i].astype(np.float64).sum(0) if counts[i] else np.zeros(D) for i in range(K)])
+    n = counts.sum()
+    want = np.where((counts > 0)[:, None], sums / ((counts + 1.0) / (n + K * 1.0) * n)[:, None], e0)
+    for _ in range(5):
+        state = step(state)
+        np.testing.assert_allclose(state.codebook, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(usage(state), counts, rtol=1e-5)
+
+
+def test_bias_corrected_ema_over_different_batches_with_a_restart_matches_numpy():
+    """Six different batches, γ = 0.9, ε = 1, dead-code restarts after step 3 (threshold 2.5 vectors
+    per batch): the state, the usage and the restarted codes against the bias-corrected NumPy reference."""
+    decay, eps, threshold = 0.9, 1.0, 2.5
+    e0 = _codebook()
+    state = quantizers.ema_init(e0)
+    ref = (e0.astype(np.float64), np.zeros(K), np.zeros((K, D)), 0.0)
+    update = jax.jit(lambda s, z, i: quantizers.ema_update(s, z, i, decay=decay, eps=eps))
+    restart = jax.jit(lambda s, z, key: quantizers.restart_dead_codes(s, z, key=key, threshold=threshold))
+    nearest, usage = jax.jit(quantizers.nearest_code), jax.jit(quantizers.ema_usage)
+    for t in range(6):
+        # Vectors near codes 0-5 (about 7 each); codes 6, 7 get none and die at the restart.
+        z = _batch(40, seed=60 + t) * 0.3 + e0[np.arange(40) % 6]
+        idx = nearest(z, state.codebook)
+        state = update(state, z, idx)
+        ref = _np_update(ref, z, np.asarray(idx), decay, eps)
+        _assert_state_close(state, ref)
+        np.testing.assert_allclose(usage(state), ref[1] / ref[3], rtol=1e-5, atol=1e-6)
+        if t == 2:
+            state, dead = restart(state, z, jax.random.key(t))
+            codebook, n_ema, m_ema, w = (np.copy(x) for x in ref)
+            want_dead = n_ema / w < threshold  # N̂ < threshold; uncorrected N = (1 - 0.9³) N̂ would kill all
+            assert 0 < want_dead.sum() < K
+            np.testing.assert_array_equal(dead, want_dead)
+            seeds = np.asarray(state.codebook, np.float64)[want_dead]
+            assert all((z == s.astype(np.float32)).all(1).any() for s in seeds)  # rows of the batch
+            codebook[want_dead] = seeds
+            n_ema[want_dead] = threshold * w
+            m_ema[want_dead] = threshold * w * seeds
+            ref = (codebook, n_ema, m_ema, w)
+            _assert_state_close(state, ref)
+            np.testing.assert_allclose(np.asarray(usage(state))[want_dead], threshold, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------- NaN-free corner cases
 
 

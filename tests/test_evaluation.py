@@ -1,10 +1,12 @@
 """vqjax.evaluation: Gaussian statistics and the Fréchet distance against NumPy/SciPy, the shipped
 MNIST classifier on real digits, its save/load, the Fréchet classifier distance, fit_classifier
-and the Classification Accuracy Score."""
+and the Classification Accuracy Score; and vqjax.training.evaluate over a split its batch size does
+not divide."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import scipy.linalg
 from flax import nnx
@@ -197,3 +199,68 @@ def test_classification_accuracy_score_is_chance_for_shuffled_labels(mnist):
     chance = evaluation.classification_accuracy_score(x, shuffled, xt, yt, steps=15)
     assert true > 0.7
     assert chance < 0.3
+
+
+# --------------------------------------------------------------------------- vqjax.training.evaluate
+
+
+class _FirstExamples(data.ImageSource):
+    """The first ``n`` examples of ``source``."""
+
+    def __init__(self, source, n):
+        self.name, self.image_shape, self._source, self._n = f"first-{n}", source.image_shape, source, n
+
+    def __len__(self):
+        return self._n
+
+    def __getitem__(self, index):
+        if not 0 <= index < self._n:
+            raise IndexError(index)
+        return self._source[index]
+
+
+@pytest.fixture(scope="module")
+def vqvae_task(idx_dir):
+    """A tiny VQ-VAE of experiments/vqvae_mnist.py, its train state and the first 37 training digits."""
+    from experiments import vqvae_mnist
+    from vqjax import training
+
+    c = vqvae_mnist.get_config()
+    c.model.update(hidden=8, residual_hidden=4, num_residual=1)
+    c.model.quantizer.codebook.update(num_codes=16, code_dim=4)
+    task = vqvae_mnist.build(c)
+    graphdef, state = training.init_train_state(task.model(nnx.Rngs(0)), optax.sgd(0.1), seed=0)
+    source = _FirstExamples(data.idx_source(idx_dir, "train"), 37)
+    return task, graphdef, jax.device_get(state), source
+
+
+@pytest.mark.parametrize("devices, batch_size", [(1, 8), (8, 16)])
+def test_evaluate_with_a_padded_last_batch_equals_the_objective_on_all_examples(vqvae_task, devices, batch_size):
+    """37 examples in batches of 8 (1 device) or 16 (8 devices): the last batch is padded and masked,
+    and the summary equals the objective evaluated once on all 37 examples (means over 37, code counts)."""
+    from vqjax import training
+
+    task, graphdef, state, source = vqvae_task
+    hparams = {k: np.float32(v) for k, v in task.hparams.items()}
+    assert len(source) % batch_size and len(source) > batch_size
+    mesh = training.make_mesh(jax.devices()[:devices])
+    with jax.set_mesh(mesh):
+        st, hp = training.replicate((state, hparams), mesh)
+        got = training.evaluate(training.make_eval_step(graphdef, task.objective), st, source, mesh,
+                                batch_size=batch_size, hparams=hp)
+
+    @jax.jit
+    def reference(state, batch):
+        model = nnx.merge(graphdef, state.params, state.rest)
+        model.eval()
+        return task.objective(model, batch, key=jax.random.key(0), step=state.step, hparams=hparams)[1]
+
+    images = np.stack([source[i]["image"] for i in range(len(source))]).astype(np.float32) / np.float32(255)
+    want = jax.device_get(reference(state, {"image": images, "index": np.arange(len(source), dtype=np.int32)}))
+    assert got["num_examples"] == len(source) == float(want["weight"])
+    for key in ("loss", "reconstruction", "codebook", "commitment", "mse"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+    np.testing.assert_array_equal(got["_counts"], want["counts"])
+    assert int(np.sum(got["_counts"])) == len(source) * 7 * 7  # every latent position of every example, once
+    np.testing.assert_allclose(got["perplexity"], want["perplexity"], rtol=1e-5)
+    assert got["dead_codes"] == int(np.sum(want["counts"] == 0))

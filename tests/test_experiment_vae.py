@@ -110,12 +110,45 @@ def test_vib_sweep_writes_the_accuracy_rate_curve(idx_dir, tmp_path):
     c.train.update(steps=4, log_every=2, checkpoint_every=4)
     result = vib_mnist.run(c, str(tmp_path), log=lambda s: None)
     assert [r["beta"] for r in result["runs"]] == [1e-3, 1.0]
+    # H(Y) of the 96 test labels 0..95 mod 10 (six classes of 10, four of 9): a little below log 10.
+    p = np.array([10] * 6 + [9] * 4) / 96
+    assert result["h_y"] == pytest.approx(-np.sum(p * np.log(p)), rel=1e-12) and result["h_y"] < np.log(10)
     for r in result["runs"]:
         assert 0 <= r["error"] <= 1 and r["rate"] >= 0
-        np.testing.assert_allclose(r["i_zy_lower_bound"], np.log(10) - r["cross_entropy"])
+        np.testing.assert_allclose(r["i_zy_lower_bound"], result["h_y"] - r["cross_entropy"])
     assert (tmp_path / "vib_curve.png").exists() and (tmp_path / "model.beta=1" / "summary.json").exists()
     assert json.loads((tmp_path / "sweep.json").read_text())["runs"][0]["beta"] == 1e-3
     assert "| 0.001 |" in vib_mnist.format_table(result)
+
+
+def test_vib_reports_the_entropy_of_the_test_labels(tmp_path, monkeypatch):
+    """``H(Y)`` in ``H(Y) - CE`` is the entropy of the evaluated split's own labels: here a test split
+    of 3 classes in proportions 1/2, 1/4, 1/4 (H = 1.5 log 2 nats), not log 10. (The training itself
+    is stubbed out: only the reporting is under test.)"""
+    from vqjax import data
+
+    labels = np.array([0] * 8 + [3] * 4 + [7] * 4, np.uint8)
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((len(labels), 28, 28), np.uint8))
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    c = vib_mnist.get_config()
+    c.betas = (1e-3, 1e-1)
+    c.data.idx_dir = str(tmp_path)
+
+    def train_sweep(config, sweep, workdir, build, log):
+        os.makedirs(workdir)
+        return [{"test": {"accuracy": 0.9, "error": 0.1, "rate": 2.0, "cross_entropy": ce}, "steps": 1,
+                 "train_seconds_this_run": 0.0, "data_source": "idx", "sweep": {"name": str(b), "diverged": False}}
+                for b, ce in zip(c.betas, (0.25, 0.5))]
+
+    monkeypatch.setattr(vib_mnist.training, "train_sweep", train_sweep)
+    result = vib_mnist.run(c, str(tmp_path / "run"), log=lambda s: None)
+    assert result["h_y"] == pytest.approx(1.5 * np.log(2), rel=1e-12)
+    assert [r["i_zy_lower_bound"] for r in result["runs"]] == pytest.approx([1.5 * np.log(2) - 0.25,
+                                                                            1.5 * np.log(2) - 0.5])
+    assert json.loads((tmp_path / "run" / "sweep.json").read_text())["h_y"] == pytest.approx(1.5 * np.log(2))
+    assert f"| {1.5 * np.log(2) - 0.25:.3f} |" in vib_mnist.format_table(result)
+    with pytest.raises(ValueError, match="labels must be in"):
+        vib_mnist.label_entropy(data.idx_source(tmp_path, "test"), 5)
 
 
 def test_vib_sweep_trains_every_beta_in_one_group(idx_dir, tmp_path):

@@ -234,3 +234,14 @@ def test_json_files_are_written_atomically(tmp_path):
     with pytest.raises(TypeError):
         training.write_json(path, {"steps": 2, "bad": object.__new__(type("Unserializable", (), {"__str__": None}))})
     assert json.loads(open(path).read()) == {"steps": 1} and os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_changed_model_on_a_sweep_resume_is_a_clear_error(idx_dir, tmp_path):
+    sweep = training.parse_sweep("model.beta=0.1,1")
+    base = tiny_config(idx_dir, 3)
+    training.train_sweep(base, sweep, str(tmp_path), vqvae_mnist.build, log=lambda s: None)
+    before = (tmp_path / "model.beta=0.1" / "config.json").read_text()
+    base.train.steps, base.model.hidden = 6, 16
+    with pytest.raises(ValueError, match=r"--config.model.hidden: 8 when it started, 16 now"):
+        training.train_sweep(base, sweep, str(tmp_path), vqvae_mnist.build, log=lambda s: None)
+    assert (tmp_path / "model.beta=0.1" / "config.json").read_text() == before

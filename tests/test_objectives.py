@@ -34,7 +34,19 @@ def test_objective_is_the_masked_mean_of_the_per_example_loss(model_and_batch):
 
 def test_gaussian_likelihood_and_bad_name(model_and_batch):
     model, batch = model_and_batch
-    loss, m = objectives.vqvae_objective(model, batch, likelihood="gaussian", variance=0.5)
-    assert np.isfinite(loss) and np.isfinite(m["mse"])
+    variance, beta = 0.3, 0.25
+    loss, m = nnx.jit(lambda mdl, b: objectives.vqvae_objective(mdl, b, likelihood="gaussian", variance=variance,
+                                                                 beta=beta))(model, batch)
+    # The objective written out in float64 from the model's outputs: the decoder output is the mean.
+    out = nnx.jit(lambda mdl, x: mdl(x))(model, batch["image"])
+    x, mean = np.asarray(batch["image"], np.float64), np.asarray(out.logits, np.float64)
+    rec = np.sum(0.5 * (x - mean) ** 2 / variance + 0.5 * np.log(2 * np.pi * variance), axis=(1, 2, 3))
+    codes = np.asarray(model.quantizer.codebook[...], np.float64)[np.asarray(out.indices)]
+    vq = np.sum((np.asarray(out.z_e, np.float64) - codes) ** 2, axis=(1, 2, 3))  # ||z_e - e||², both terms
+    np.testing.assert_allclose(m["reconstruction"], rec.mean(), rtol=1e-5)
+    np.testing.assert_allclose(m["codebook"], vq.mean(), rtol=1e-5)
+    np.testing.assert_allclose(m["commitment"], beta * vq.mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss, np.mean(rec + (1 + beta) * vq), rtol=1e-5)
+    np.testing.assert_allclose(m["mse"], np.mean((mean - x) ** 2), rtol=1e-5)
     with pytest.raises(ValueError, match="likelihood"):
         objectives.vqvae_objective(model, batch, likelihood="poisson")

@@ -88,10 +88,22 @@ def test_vmap_over_codebooks():
 
 
 def test_bfloat16_and_nan_free():
+    """bfloat16 inputs are searched in float32: the distances and nearest codes of the bfloat16 values
+    themselves (exactly representable in float64), as the brute-force search finds them."""
     z, e = _data(64, 8, 4, seed=9)
-    idx = quantizers.nearest_code(jnp.asarray(z, jnp.bfloat16), jnp.asarray(e, jnp.bfloat16))
-    assert idx.dtype == jnp.int32 and ((0 <= idx) & (idx < 8)).all()
-    assert quantizers.squared_distances(jnp.asarray(z, jnp.bfloat16), e).dtype == jnp.float32
+    zb, eb = jnp.asarray(z, jnp.bfloat16), jnp.asarray(e, jnp.bfloat16)
+    z16, e16 = np.asarray(zb).astype(np.float64), np.asarray(eb).astype(np.float64)
+    ref, dist = _brute_force(z16, e16)
+    idx = np.asarray(jax.jit(quantizers.nearest_code)(zb, eb))
+    assert idx.dtype == np.int32
+    srt = np.sort(dist, axis=1)
+    clear = srt[:, 1] - srt[:, 0] > 1e-3 * (1 + srt[:, 0])  # float32 tells these rows' two nearest apart
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(idx[clear], ref[clear])
+    np.testing.assert_allclose(dist[np.arange(64), idx], srt[:, 0], rtol=1e-5, atol=1e-5)
+    d = quantizers.squared_distances(zb, e)  # bfloat16 vectors, float32 codes
+    assert d.dtype == jnp.float32
+    np.testing.assert_allclose(d, _brute_force(z16, e)[1], rtol=1e-5, atol=1e-5)
 
 
 def test_lookup_and_quantize_forward():

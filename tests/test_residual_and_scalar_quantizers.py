@@ -347,8 +347,17 @@ def test_ema_module_with_restarts_needs_a_key_in_training_mode():
     z = jnp.asarray(_normal((40, 3), seed=21))
     with pytest.raises(ValueError, match="key"):
         q(z)
+    before = _ema_arrays(q)
     out = _call(q, z, jax.random.key(0))
-    assert int(out.restarted) >= 0
+    # After the first update N̂ is this batch's counts: the codes no vector chose (N̂ = 0 < 1) are
+    # re-seeded with rows of the batch, the others keep their EMA means.
+    used = np.bincount(np.asarray(out.indices).reshape(-1), minlength=8) > 0
+    assert 0 < used.sum() < 8
+    assert int(out.restarted) == int(np.sum(~used))
+    after = _ema_arrays(q)
+    want = quantizers.ema_update(quantizers.ema_init(before["codebook"]), z, out.indices, decay=0.99)
+    np.testing.assert_allclose(after["codebook"][used], np.asarray(want.codebook)[used], rtol=1e-6, atol=1e-7)
+    assert all((np.asarray(z) == row).all(1).any() for row in after["codebook"][~used])
     q.eval()
     q(z)  # no update in eval mode, so no key needed
 

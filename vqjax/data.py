@@ -25,6 +25,7 @@ import os
 import pathlib
 import struct
 import types
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 import grain
@@ -155,8 +156,11 @@ def _read_idx(path: pathlib.Path) -> tuple[int, np.ndarray]:
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
-            raise ValueError(f"{path}: corrupt or truncated gzip file ({err}).") from err
+        # A bad gzip header or CRC: gzip.BadGzipFile (an OSError); a cut stream: EOFError; garbage
+        # after a valid header: zlib.error.
+        except (OSError, EOFError, zlib.error) as err:
+            raise ValueError(f"{path}: corrupt or truncated gzip file ({err}); expected a gzip-compressed "
+                             "IDX file (it starts with the gzip magic bytes 1f 8b).") from err
     if len(data) < 4:
         raise ValueError(f"{path}: truncated IDX file: {len(data)} bytes, less than the 4-byte magic number.")
     (magic,) = struct.unpack(">I", data[:4])
@@ -191,7 +195,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      ValueError: bad magic number, or fewer or more data bytes than the header promises.
+      ValueError: a corrupt or truncated gzip stream, a bad magic number, or fewer or more data bytes
+        than the header promises (the message names the file).
     """
     return _read_idx(pathlib.Path(path))[1]
 

@@ -7,6 +7,8 @@ import os
 import uuid
 from collections.abc import Iterable
 
+import jax
+
 from vqjax.training import _checkpoints
 
 # Settings a resumed run may change: they shape neither the train state nor the model, nor the
@@ -23,13 +25,14 @@ RESUMABLE = (
 
 
 def check_workdir(workdir: str) -> None:
-    """Create ``workdir`` and write a probe file there; ``OSError`` naming the path if it cannot."""
+    """Create ``workdir`` and (on process 0) write a probe file there; ``OSError`` naming the path if it cannot."""
     probe = os.path.join(workdir, f".write-probe-{uuid.uuid4().hex}")
     try:
         os.makedirs(workdir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        if jax.process_index() == 0:
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
     except OSError as err:
         raise OSError(err.errno, f"The workdir {os.path.abspath(workdir)} is not a writable directory "
                                  f"({err.strerror}); choose another --workdir.") from err

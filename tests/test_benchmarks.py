@@ -1,0 +1,123 @@
+"""Every script of benchmarks/ in its ``--quick`` mode: a smoke test of the harness, not a timing.
+
+Each script runs as a subprocess (its workers are subprocesses of it), writes its JSON to a temporary
+path and prints its table. The peers (torch, vector-quantize-pytorch, dm-haiku, faiss, ckwrap,
+scikit-learn: the ``bench`` extra) are usually not installed here: their rows must say
+"not installed" while the JAX rows run; a peer that is installed must run without an error.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def _installed(modules) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def _run(script: str, tmp_path, *args) -> tuple[dict, str]:
+    out = tmp_path / f"{script}.json"
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, f"{script}.py"), "--quick", "--out", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| Implementation |" in proc.stdout or "| model |" in proc.stdout, proc.stdout
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _check_row(row: dict, requires, numbers: tuple[str, ...], stdout: str) -> None:
+    """A JAX row (no ``requires``) or an installed peer ran and has its numbers; a missing peer says so."""
+    assert "error" not in row, row["error"]
+    if requires and not _installed(requires):
+        assert row["not_installed"] == [m for m in requires if not _installed([m])]
+        assert "not installed: " + ", ".join(row["not_installed"]) in stdout
+    else:
+        for key in numbers:
+            assert row[key] > 0, (key, row)
+
+
+@pytest.mark.parametrize("script, numbers", [("oivae", ("images_per_sec", "params")),
+                                             ("sampling", ("seconds", "params")),
+                                             ("train_step", ("images_per_s", "num_params"))])
+def test_variant_benchmarks(tmp_path, script, numbers):
+    """The scripts with one row per implementation: every row, JAX or peer, is in the JSON and the table."""
+    payload, stdout = _run(script, tmp_path)
+    sys.path.insert(0, BENCH)
+    try:
+        module = __import__(script)
+    finally:
+        sys.path.remove(BENCH)
+    assert payload["quick"] is True and list(payload["results"]) == list(module.VARIANTS)
+    for name, label in module.VARIANTS.items():
+        assert label in stdout
+        _check_row(payload["results"][name], module.REQUIRES.get(name, ()), numbers, stdout)
+    if script == "train_step":  # the two vqjax rows: the same tiny model on 1 device and on one per core
+        r = payload["results"]
+        assert payload["batch"] == 16
+        assert r["vqjax"]["num_params"] == r["vqjax_1dev"]["num_params"]
+        assert r["vqjax_1dev"]["devices"] >= 1 and r["vqjax"]["devices"] >= 1
+
+
+def test_quantizer_benchmark(tmp_path):
+    sys.path.insert(0, BENCH)
+    try:
+        import _variants
+        import quantizer
+    finally:
+        sys.path.remove(BENCH)
+    payload, stdout = _run("quantizer", tmp_path, "--cases", "ema_restart", "fsq")
+    assert [r["impl"] for r in payload["rows"]] == list(quantizer.IMPLS)
+    for r in payload["rows"]:
+        assert tuple(r["shape"]) == quantizer.QUICK_SHAPES[0]
+        _check_row(r, quantizer.REQUIRES.get(r["impl"], ()), ("median_s", "vectors_per_s"), stdout)
+    (check,) = payload["checks"].values()
+    _check_row(check, quantizer.REQUIRES["check"], (), stdout)
+    assert [(r["case"], r["impl"]) for r in payload["variant_rows"]] == [
+        (c, i) for c in ("ema_restart", "fsq") for i in quantizer.VARIANT_IMPLS]
+    for r in payload["variant_rows"]:
+        assert tuple(r["shape"]) == _variants.QUICK[r["case"]]
+        _check_row(r, quantizer.REQUIRES.get(r["impl"], ()), ("median_s", "vectors_per_s"), stdout)
+
+
+def test_quantization_benchmark(tmp_path):
+    sys.path.insert(0, BENCH)
+    try:
+        import quantization as q
+    finally:
+        sys.path.remove(BENCH)
+    payload, stdout = _run("quantization", tmp_path)
+    rows = payload["scalar"]["rows"]
+    assert [(r["samples"], r["levels"], r["impl"]) for r in rows] == [
+        (*c, i) for c in q.QUICK_SCALAR_CASES for i in q.SCALAR_IMPLS]
+    for r in rows:
+        _check_row(r, q.REQUIRES.get(r["impl"], ()), ("median_s", "mse"), stdout)
+    for r in rows[:2]:  # the exact DP in float32 and x64: the MSE of the levels it reports
+        assert r["mse"] == pytest.approx(r["mse_own"], rel=1e-4)
+    rows = payload["vector"]["rows"]
+    assert [(tuple(r["case"]), r["impl"]) for r in rows] == [(c, i) for c in q.QUICK_VECTOR_CASES for i in q.VECTOR_IMPLS]
+    for r in rows:
+        _check_row(r, q.REQUIRES.get(r["impl"], ()), ("median_s", "distortion"), stdout)
+        assert r.get("iterations", q.QUICK_ITERATIONS) <= q.QUICK_ITERATIONS
+    (init,) = payload["vector"]["init"].values()
+    assert init["distinct_rows"] == q.QUICK_VECTOR_CASES[0][1]
+
+
+def test_sweep_benchmark(tmp_path):
+    """The harness with the sequential baseline, one engine placement and the cost analysis (the
+    placements themselves are tested in tests/test_sweep.py)."""
+    payload, stdout = _run("sweep", tmp_path, "--models", "vae", "--ways", "sequential,waves")
+    assert payload["quick"] and payload["batch"]["vae"] == 16
+    *ways, costs = payload["results"]
+    assert [(r["model"], r["way"]) for r in ways] == [("vae", "sequential"), ("vae", "waves")]
+    assert ways[0]["devices"] == 1 and ways[1]["devices"] >= 1  # waves: one device per core
+    for r in ways:
+        assert "error" not in r, r["error"]
+        assert r["run_images_per_sec"] > 0 and r["runs"] == (1 if r["way"] == "sequential" else 8)
+    assert "error" not in costs["costs"] and costs["costs"]["flops_per_step"] > 0
+    assert "engine, waves" in stdout and "8 runs one after another" in stdout
