@@ -107,7 +107,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, output: str, *, log=pri
 def main(argv):
     del argv
     config = _CONFIG.value
-    check_config(config)  # every flag, before anything starts
+    _program.check_flags(check_config, config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     result = run(config, _WORKDIR.value, _OUTPUT.value)

@@ -384,7 +384,7 @@ def format_test(summary: dict) -> str:
 def main(argv):
     del argv
     config = _CONFIG.value
-    check_config(config)  # every flag, before anything starts
+    _program.check_flags(check_config, config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     if config.lambdas:  # the λ sweep; each run's line is logged as it is reported

@@ -443,7 +443,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def main(argv):
     del argv
-    check_config(_CONFIG.value)  # every flag, before anything starts
+    _program.check_flags(check_config, _CONFIG.value)  # every flag, before anything starts
     _program.start()
     run(_CONFIG.value, _WORKDIR.value)
 

@@ -245,7 +245,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
     del argv
     config = _CONFIG.value
-    check_config(config)  # every flag, before anything starts
+    _program.check_flags(check_config, config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size, config.eval.iwae_batch_size))
     summary = run(config, _WORKDIR.value)

@@ -137,7 +137,7 @@ def format_table(result: dict) -> str:
 def main(argv):
     del argv
     config = _CONFIG.value
-    check_config(config)  # every flag, before anything starts
+    _program.check_flags(check_config, config)  # every flag, before anything starts
     b = config.base
     _program.start(cpu_devices_per_core=b.cpu_devices_per_core, batch_sizes=(b.data.batch_size, b.data.eval_batch_size))
     result = run(config, _WORKDIR.value)

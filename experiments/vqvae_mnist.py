@@ -212,7 +212,7 @@ def draw_codebook(model, test_src, workdir: str, summary: dict | None = None, *,
 def main(argv):
     del argv
     config = _CONFIG.value
-    check_config(config)  # every flag, before anything starts
+    _program.check_flags(check_config, config)  # every flag, before anything starts
     _program.start(cpu_devices_per_core=config.cpu_devices_per_core,
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     summary = training.train_and_evaluate(config, _WORKDIR.value, build(config))

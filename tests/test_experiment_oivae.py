@@ -119,13 +119,13 @@ def test_named_regions_from_the_config():
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"data": {"dataset": "cifar"}}, "`config.data.dataset` must be one of"),
-    ({"model": {"decoder": "conv"}}, "`config.model.decoder` must be one of"),
-    ({"model": {"groups": "columns"}}, "`config.model.groups` must be"),
-    ({"model": {"w_optimizer": "lion"}}, "`config.model.w_optimizer` must be"),
-    ({"model": {"likelihood": "poisson"}}, "`config.model.likelihood` must be"),
-    ({"model": {"generator_hidden": "(32, -4)"}}, "`config.model.generator_hidden` must be widths >= 1"),
-    ({"model": {"variance": -1.0}}, "`config.model.variance` must be > 0"),
+    ({"data": {"dataset": "cifar"}}, "`--config.data.dataset` must be one of"),
+    ({"model": {"decoder": "conv"}}, "`--config.model.decoder` must be one of"),
+    ({"model": {"groups": "columns"}}, "`--config.model.groups` must be"),
+    ({"model": {"w_optimizer": "lion"}}, "`--config.model.w_optimizer` must be"),
+    ({"model": {"likelihood": "poisson"}}, "`--config.model.likelihood` must be"),
+    ({"model": {"generator_hidden": "(32, -4)"}}, "`--config.model.generator_hidden` must be widths >= 1"),
+    ({"model": {"variance": -1.0}}, "`--config.model.variance` must be a finite number >= 0"),
 ])
 def test_config_errors(change, match):
     c = _config()
