@@ -18,7 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vqjax.quantizers._vq import lookup, nearest_code
+from vqjax.quantizers._vq import lookup, nearest_code, straight_through
 
 __all__ = ["ResidualQuantized", "residual_quantize", "residual_lookup"]
 
@@ -65,7 +65,8 @@ def residual_quantize(
         r = r - jax.lax.stop_gradient(code)
     codes, residuals = jnp.stack(codes), jnp.stack(residuals)
     total = jnp.sum(codes, axis=0)
-    return ResidualQuantized(z + jax.lax.stop_gradient(total - z), codes, jnp.stack(indices, axis=-1), residuals)
+    # straight_through forwards exactly Σ_s codes (z + sg[Σ - z] would round Σ - z: wrong for |z| ≫ |Σ|)
+    return ResidualQuantized(straight_through(z, total), codes, jnp.stack(indices, axis=-1), residuals)
 
 
 def residual_lookup(indices: jax.Array, codebooks: jax.Array) -> jax.Array:

@@ -35,8 +35,8 @@ __all__ = [
 # A block's distance matrix holds at most this many float32 entries (64 MiB) when it is
 # materialised (the argmin path); the fused CPU path never materialises it.
 _BLOCK_ELEMENTS = 1 << 24
-# Scale that turns any positive float32 distance gap into a value far above any code index.
-_GAP_SCALE = float(2.0**64)
+# Lifts a tied code's index above every code index (< 2²⁴) once its distance gap is >= 1 (see ``_fused_block``).
+_GAP_LIFT = float(2.0**30)
 
 
 def _check_codebook(z: jax.Array, codebook: jax.Array) -> None:
@@ -82,8 +82,10 @@ def _fused_block(z: jax.Array, e: jax.Array, e_sq: jax.Array) -> jax.Array:
     XLA:CPU fuses ``dot -> elementwise -> reduce_min`` into one kernel that never writes the
     ``[n, K]`` block, but not an argmin (a two-operand reduction). So: pass 1 finds the
     minimum ``m`` of ``d_k = ||e_k||² - 2 z·e_k``; pass 2 recomputes ``d_k`` (the same kernel on
-    the same operands, so the same floats) and takes ``min_k max(d_k - m, 0)·2⁶⁴ + k``, which
-    is exactly the lowest index ``k`` with ``d_k = m`` — ``jnp.argmin``'s tie rule.
+    the same operands, so the same floats) and takes ``min_k ⌈max(d_k - m, 0)⌉·2³⁰ + k``, which
+    is exactly the lowest index ``k`` with ``d_k = m`` — ``jnp.argmin``'s tie rule: the ceiling
+    maps every positive gap, however small, to at least 1 (a fixed scale such as 2⁶⁴ does not:
+    gaps below K·2⁻⁶⁴, i.e. inputs of magnitude ~1e-10, would lose to the lower index).
     """
     k = e.shape[0]
     m = jnp.min(e_sq - 2.0 * (z @ e.T), axis=-1, keepdims=True)
@@ -91,7 +93,7 @@ def _fused_block(z: jax.Array, e: jax.Array, e_sq: jax.Array) -> jax.Array:
     z2, e2, e_sq2 = jax.lax.optimization_barrier((z, e, e_sq))
     d2 = e_sq2 - 2.0 * (z2 @ e2.T)
     codes = jnp.arange(k, dtype=jnp.float32)
-    v = jnp.maximum(d2 - m, 0.0) * jnp.float32(_GAP_SCALE) + codes
+    v = jnp.ceil(jnp.maximum(d2 - m, 0.0)) * jnp.float32(_GAP_LIFT) + codes
     idx = jnp.min(v, axis=-1)
     return jnp.clip(jnp.nan_to_num(idx, nan=0.0), 0, k - 1).astype(jnp.int32)
 
@@ -163,8 +165,11 @@ def lookup(indices: jax.Array, codebook: jax.Array) -> jax.Array:
 def straight_through(z_e: jax.Array, z_q: jax.Array) -> jax.Array:
     r"""Straight-through estimator ``z_e + sg[z_q - z_e]``.
 
-    Forward: the value of ``z_q``. Backward: the gradient with respect to the output is copied
-    unchanged to ``z_e``; ``z_q`` receives none.
+    Forward: exactly the value of ``z_q``. Backward: the gradient with respect to the output is
+    copied unchanged to ``z_e``; ``z_q`` receives none. Computed as ``sg[z_q] + (z_e - sg[z_e])``:
+    the same value and gradient, without rounding ``z_q - z_e`` (which, for ``|z_e| ≫ |z_q|``,
+    e.g. an encoder output of 1000 and a code of 0.5 in bfloat16, forwards 0 instead of ``z_q``).
+    A non-finite ``z_e`` gives NaN.
 
     Args:
       z_e: ``[..., D]`` encoder output.
@@ -174,7 +179,7 @@ def straight_through(z_e: jax.Array, z_q: jax.Array) -> jax.Array:
         raise ValueError(
             f"`z_e` and `z_q` must have the same shape; got {z_e.shape} and {z_q.shape}."
         )
-    return z_e + jax.lax.stop_gradient(z_q - z_e)
+    return jax.lax.stop_gradient(z_q) + (z_e - jax.lax.stop_gradient(z_e))
 
 
 def l2_normalize(x: jax.Array, *, eps: float = 1e-12) -> jax.Array:
