@@ -1,4 +1,4 @@
-"""What every experiment program does before training: quiet logs, CPU devices.
+"""What every experiment program does before training: quiet logs, the compilation cache, CPU devices.
 
 Sweeps (one run per β, λ, seed, ...) run on the sweep engine: :func:`vqjax.training.train_sweep`.
 """
@@ -14,10 +14,13 @@ from vqjax import training
 
 
 def start(*, cpu_devices_per_core: bool = False, batch_sizes: tuple[int, ...] = ()) -> None:
-    """Quiet Orbax's and TFDS's per-step INFO logs (unless ``--verbosity`` is given); on a CPU host,
-    optionally one XLA device per core (:func:`vqjax.training.use_cpu_cores_as_devices`). Call first."""
+    """Quiet Orbax's and TFDS's per-step INFO logs (unless ``--verbosity`` is given); JAX's persistent
+    compilation cache on (:func:`vqjax.training.use_compilation_cache`: ``~/.cache/vqjax/jax``,
+    ``VQJAX_COMPILATION_CACHE=off`` to disable); on a CPU host, optionally one XLA device per core
+    (:func:`vqjax.training.use_cpu_cores_as_devices`). Call first."""
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.ERROR)
+    training.use_compilation_cache()
     if cpu_devices_per_core:
         training.use_cpu_cores_as_devices(batch_sizes)
 

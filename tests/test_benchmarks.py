@@ -121,3 +121,15 @@ def test_sweep_benchmark(tmp_path):
         assert r["run_images_per_sec"] > 0 and r["runs"] == (1 if r["way"] == "sequential" else 8)
     assert "error" not in costs["costs"] and costs["costs"]["flops_per_step"] > 0
     assert "engine, waves" in stdout and "8 runs one after another" in stdout
+
+
+def test_compile_cache_benchmark(tmp_path):
+    out = tmp_path / "compile_cache.json"
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "compile_cache.py"), "--quick", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| rerun of the finished run |" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["quick"] and set(result["seconds"]) == {"off", "on"}
+    for row in result["seconds"].values():
+        assert set(row) == {"first", "finished_rerun"} and all(v > 0 for v in row.values())

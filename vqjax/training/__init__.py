@@ -14,6 +14,7 @@ The parts, one idea a module:
 - ``_config``: the rules a config's values are checked against when a program starts.
 """
 
+from vqjax.training._cache import default_cache_dir, use_compilation_cache
 from vqjax.training._checkpoints import checkpoint_manager, load_model, saved_config, write_json
 from vqjax.training._config import (
     CONFIG_RULES,
@@ -82,6 +83,7 @@ __all__ = [
     "make_runs_eval_step", "PLACEMENTS",
     "make_mesh", "make_sweep_mesh", "sweep_mesh_shape", "replicate", "shard_batch", "DATA_AXIS", "RUNS_AXIS",
     "maybe_initialize_distributed", "use_cpu_cores_as_devices",
+    "default_cache_dir", "use_compilation_cache",
     "checkpoint_manager", "load_model", "saved_config", "write_json",
     "evaluate", "summarize", "MetricsWriter", "read_metrics",
     "NonFiniteLossError", "train_and_evaluate",
