@@ -188,3 +188,12 @@ def test_learning_rate_schedule_warms_up_then_holds_or_decays():
     cfg.schedule = "linear"
     with pytest.raises(ValueError, match="schedule"):
         training.learning_rate_schedule(cfg, 100)
+
+
+def test_profile_steps_writes_a_trace_for_tensorboard(idx_dir, tmp_path):
+    config = _tiny_config(idx_dir, steps=5, profile_steps=2)
+    logs = []
+    training.train_and_evaluate(config, str(tmp_path), vqvae_mnist.build(config), log=logs.append)
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert "Profiled steps 2-3 into" in "\n".join(logs)

@@ -15,7 +15,8 @@ Blocks and their fields (every one is a flag: ``--config.train.steps=500``):
 - ``optimizer``: ``learning_rate`` (the peak, > 0), ``warmup_steps`` (>= 0), ``schedule``
   (``"constant"`` or ``"cosine"``).
 - ``train``: ``steps``, ``log_every``, ``checkpoint_every`` (each >= 1), ``eval_every`` (0: only at
-  the end), ``keep_checkpoints`` (>= 1).
+  the end), ``keep_checkpoints`` (>= 1), ``profile_steps`` (a ``jax.profiler`` trace of that many
+  steps after the first, in ``tensorboard/``; 0: none).
 
 Every value is checked when a program starts, each error naming its flag
 (``--config.train.log_every`` must be an integer >= 1; got 0): these blocks by
@@ -51,10 +52,11 @@ def optimizer_config(*, learning_rate: float = 1e-3, warmup_steps: int = 0,
 
 
 def train_config(*, steps: int, log_every: int = 100, checkpoint_every: int = 1000, eval_every: int = 0,
-                 keep_checkpoints: int = 3) -> ml_collections.ConfigDict:
-    """The ``train`` block: how long, and how often to log, checkpoint and evaluate."""
+                 keep_checkpoints: int = 3, profile_steps: int = 0) -> ml_collections.ConfigDict:
+    """The ``train`` block: how long, and how often to log, checkpoint and evaluate; what to profile."""
     return ml_collections.ConfigDict({"steps": steps, "log_every": log_every, "checkpoint_every": checkpoint_every,
-                                      "eval_every": eval_every, "keep_checkpoints": keep_checkpoints})
+                                      "eval_every": eval_every, "keep_checkpoints": keep_checkpoints,
+                                      "profile_steps": profile_steps})
 
 
 def base_config(*, data: dict | None = None, optimizer: dict | None = None, train: dict | None = None,

@@ -297,4 +297,5 @@ CONFIG_RULES: dict[str, Rule] = {
     "train.checkpoint_every": integer(min=1),
     "train.eval_every": integer(min=0),  # 0: only at the end
     "train.keep_checkpoints": integer(min=1),
+    "train.profile_steps": integer(min=0),  # 0: no profiler trace
 }

@@ -177,9 +177,12 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None, log=pr
         bar = tqdm(total=steps, initial=start, desc="train", disable=not is_main or start >= steps,
                    dynamic_ncols=True, mininterval=1.0)
         step = start
+        profile = _Profile(int(config.train.get("profile_steps", 0)), start, workdir, log, enabled=is_main)
         while step < steps:
+            profile.before(step)
             state, metrics = train_step(state, _mesh.shard_batch(next(train_iter), mesh), hparams)
             step += 1
+            profile.after(step, state)
             n_interval += 1
             pending.append(scalars(metrics))
             bar.update(1)
@@ -207,6 +210,7 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None, log=pr
                 writer.write(step, "eval", ev)
                 t_interval += time.perf_counter() - t_eval  # evaluation time is not training time
         bar.close()
+        profile.after(steps, state, last=True)
         _checkpoints.wait(mgr, steps)
         mgr.close()
 
@@ -228,6 +232,28 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None, log=pr
             summary["wall_seconds_this_run"] = round(time.perf_counter() - t_start, 2)
             _checkpoints.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
+
+
+class _Profile:
+    """A ``jax.profiler`` trace of ``num_steps`` training steps after the first one of this run (which
+    compiles), written to ``workdir/tensorboard`` (TensorBoard's profile tab; process 0 only)."""
+
+    def __init__(self, num_steps: int, start: int, workdir: str, log, *, enabled: bool = True):
+        self.first, self.last = start + 1, start + 1 + num_steps
+        self.on = enabled and num_steps > 0
+        self.dir, self.log, self.tracing = os.path.join(workdir, "tensorboard"), log, False
+
+    def before(self, step: int) -> None:
+        if self.on and step == self.first:
+            jax.profiler.start_trace(self.dir)
+            self.tracing = True
+
+    def after(self, step: int, state, *, last: bool = False) -> None:
+        if self.tracing and (step == self.last or last):
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.tracing = False
+            self.log(f"Profiled steps {self.first + 1}-{step} into {self.dir} (TensorBoard's profile tab).")
 
 
 def _non_finite_message(step: int, loss: float, good: int | None, workdir: str) -> str:
