@@ -29,8 +29,19 @@ def test_squared_distances_match_numpy():
     np.testing.assert_allclose(quantizers.squared_distances(z, e), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.fixture(params=["platform", "argmin", "fused"])
+def kernel(request, monkeypatch):
+    """The search kernel nearest_code uses: the platform's (fused on CPU), or one forced, so that the
+    GPU/TPU branch (dense argmin) runs on CPU too."""
+    jax.clear_caches()  # traces made with another kernel must not be reused
+    if request.param != "platform":
+        monkeypatch.setattr(quantizers._vq, "_FORCE_KERNEL", request.param)
+    yield request.param
+    jax.clear_caches()
+
+
 @pytest.mark.parametrize("n, k, d", [(1, 1, 1), (300, 7, 3), (1000, 512, 64), (257, 1024, 16)])
-def test_nearest_code_equals_brute_force(n, k, d):
+def test_nearest_code_equals_brute_force(n, k, d, kernel):
     z, e = _data(n, k, d, seed=n + k)
     ref, dist = _brute_force(z, e)
     got = np.asarray(jax.jit(quantizers.nearest_code)(z, e))
@@ -42,6 +53,16 @@ def test_nearest_code_equals_brute_force(n, k, d):
     # Every chosen code is a nearest code to float32 precision.
     chosen = dist[np.arange(n), got]
     np.testing.assert_allclose(chosen, srt[:, 0], rtol=1e-4, atol=1e-3)
+
+
+def test_forced_kernel_is_the_one_traced(monkeypatch):
+    z, e = _data(20, 8, 4, seed=9)
+    for forced, op, other in (("argmin", "argmin", "ceil"), ("fused", "ceil", "argmin"), (None, "platform_index", "")):
+        monkeypatch.setattr(quantizers._vq, "_FORCE_KERNEL", forced)
+        jax.clear_caches()  # make_jaxpr caches traces by function
+        jaxpr = str(jax.make_jaxpr(quantizers.nearest_code)(z, e))
+        assert op in jaxpr and (not other or other not in jaxpr), forced
+    jax.clear_caches()
 
 
 def test_fused_cpu_search_equals_argmin_and_breaks_ties_low():
@@ -56,13 +77,13 @@ def test_fused_cpu_search_equals_argmin_and_breaks_ties_low():
 
 
 @pytest.mark.parametrize("block_size", [1, 7, 64, 1000])
-def test_blocked_equals_unblocked(block_size):
+def test_blocked_equals_unblocked(block_size, kernel):
     z, e = _data(333, 50, 8, seed=5)
     full = quantizers.nearest_code(z, e, block_size=10_000)
     np.testing.assert_array_equal(quantizers.nearest_code(z, e, block_size=block_size), full)
 
 
-def test_large_inputs_are_searched_in_blocks(monkeypatch):
+def test_large_inputs_are_searched_in_blocks(monkeypatch, kernel):
     monkeypatch.setattr(quantizers._vq, "_BLOCK_ELEMENTS", 64 * 100)  # 100 rows a block for K=64
     z, e = _data(1050, 64, 4, seed=6)
     jaxpr = str(jax.make_jaxpr(quantizers.nearest_code)(z, e))
@@ -71,7 +92,7 @@ def test_large_inputs_are_searched_in_blocks(monkeypatch):
     assert (np.asarray(quantizers.nearest_code(z, e)) == ref).mean() > 0.99
 
 
-def test_arbitrary_leading_axes_and_empty():
+def test_arbitrary_leading_axes_and_empty(kernel):
     z, e = _data(2 * 3 * 5, 9, 4, seed=7)
     idx = quantizers.nearest_code(z.reshape(2, 3, 5, 4), e)
     assert idx.shape == (2, 3, 5) and idx.dtype == jnp.int32

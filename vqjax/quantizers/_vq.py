@@ -98,9 +98,16 @@ def _fused_block(z: jax.Array, e: jax.Array, e_sq: jax.Array) -> jax.Array:
     return jnp.clip(jnp.nan_to_num(idx, nan=0.0), 0, k - 1).astype(jnp.int32)
 
 
+# The search kernel: None picks by platform (fused on CPU, dense argmin on GPU/TPU); "fused" or
+# "argmin" forces one, so that the CPU test suite runs the accelerators' branch too.
+_FORCE_KERNEL: str | None = None
+
+
 def _search_block(z: jax.Array, e: jax.Array, e_sq: jax.Array) -> jax.Array:
-    if e.shape[0] > (1 << 24):  # code indices beyond 2²⁴ are not exact in float32
+    if e.shape[0] > (1 << 24) or _FORCE_KERNEL == "argmin":  # indices beyond 2²⁴ are not exact in float32
         return _argmin_block(z, e, e_sq)
+    if _FORCE_KERNEL == "fused":
+        return _fused_block(z, e, e_sq)
     return jax.lax.platform_dependent(z, e, e_sq, cpu=_fused_block, default=_argmin_block)
 
 
