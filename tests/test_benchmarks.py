@@ -133,3 +133,25 @@ def test_compile_cache_benchmark(tmp_path):
     assert result["quick"] and set(result["seconds"]) == {"off", "on"}
     for row in result["seconds"].values():
         assert set(row) == {"first", "finished_rerun"} and all(v > 0 for v in row.values())
+
+
+def test_memory_benchmark(tmp_path):
+    """XLA's memory analysis of the quick models' train steps, and the accelerator arithmetic from it."""
+    sys.path.insert(0, BENCH)
+    try:
+        import memory
+    finally:
+        sys.path.remove(BENCH)
+    payload, stdout = _run("memory", tmp_path)
+    assert payload["quick"] and payload["batch_sizes"] == list(memory.QUICK_BATCHES)
+    assert list(payload["results"]) == list(memory.QUICK_MODELS)
+    for name, r in payload["results"].items():
+        assert "error" not in r, r["error"]
+        assert f"| {name} |" in stdout
+        assert r["params"] > 0 and r["state_bytes"] > r["params_bytes"] > 0  # Adam's moments join the parameters
+        b1, b2 = (r["per_batch"][str(b)] for b in memory.QUICK_BATCHES)
+        assert b2["temp_bytes"] > b1["temp_bytes"] > 0 and r["activation_bytes_per_example"] > 0
+        assert b1["alias_bytes"] > 0  # the donated state is reused for the new one
+        small, large = (r["devices"][f"{c}GiB"] for c in memory.CAPACITIES_GIB)
+        assert 0 < small["max_batch"] < large["max_batch"]
+        assert 0 < small["runs_at_default_batch"] < large["runs_at_default_batch"]
