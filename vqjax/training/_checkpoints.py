@@ -109,27 +109,33 @@ def restore_latest(mgr: ocp.CheckpointManager, target: Any, data_iter, *, log=pr
     """
     directory, skipped = str(mgr.directory), []
     for step in sorted(mgr.all_steps(), reverse=True):
+        why = "its metadata does not read"
         try:
             saved = ocp.StandardCheckpointer().metadata(os.path.join(directory, str(step), "state"))
             saved = getattr(saved, "item_metadata", saved)
-        except Exception:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged file
-            saved = None
+        except Exception as err:  # noqa: BLE001 - Orbax and TensorStore raise many types for a damaged file
+            saved, why = None, _first_line(err)
         if saved and jax.tree.leaves(saved):  # readable metadata (Orbax returns none when it cannot read it)
             _check_fits(directory, step, saved, target)  # whole files of another model: a clear error
             try:
                 return step, restore(mgr, step, target, data_iter), skipped
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as err:  # noqa: BLE001
+                why = _first_line(err)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"vqjax_set_aside_{step}")
         aside = set_aside(directory, step) if jax.process_index() == 0 else f"{directory}_broken/{step}"
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"vqjax_set_aside_done_{step}")
-        log(f"Skipped the checkpoint at step {step}: its files do not restore (damaged or cut short); "
+        log(f"Skipped the checkpoint at step {step}: its files do not restore (damaged or cut short: {why}); "
             f"moved it to {aside}.")
         skipped.append(step)
         mgr.reload()
     return None, None, skipped
+
+
+def _first_line(err: Exception, limit: int = 200) -> str:
+    text = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text[:limit]}"
 
 
 def write_json(path: str, obj: Any) -> None:
