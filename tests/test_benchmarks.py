@@ -6,6 +6,7 @@ scikit-learn: the ``bench`` extra) are usually not installed here: their rows mu
 "not installed" while the JAX rows run; a peer that is installed must run without an error.
 """
 
+import importlib
 import importlib.util
 import json
 import os
@@ -22,12 +23,21 @@ def _installed(modules) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-def _run(script: str, tmp_path, *args) -> tuple[dict, str]:
+def _bench_module(name: str):
+    """A benchmark script imported as a module (its constants: the quick cases, the peers it needs)."""
+    sys.path.insert(0, BENCH)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(BENCH)
+
+
+def _run(script: str, tmp_path, *args, header: tuple[str, ...] = ("| Implementation |", "| model |")) -> tuple[dict, str]:
     out = tmp_path / f"{script}.json"
     proc = subprocess.run([sys.executable, os.path.join(BENCH, f"{script}.py"), "--quick", "--out", str(out), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| Implementation |" in proc.stdout or "| model |" in proc.stdout, proc.stdout
+    assert any(h in proc.stdout for h in header), proc.stdout
     return json.loads(out.read_text()), proc.stdout
 
 
@@ -48,11 +58,7 @@ def _check_row(row: dict, requires, numbers: tuple[str, ...], stdout: str) -> No
 def test_variant_benchmarks(tmp_path, script, numbers):
     """The scripts with one row per implementation: every row, JAX or peer, is in the JSON and the table."""
     payload, stdout = _run(script, tmp_path)
-    sys.path.insert(0, BENCH)
-    try:
-        module = __import__(script)
-    finally:
-        sys.path.remove(BENCH)
+    module = _bench_module(script)
     assert payload["quick"] is True and list(payload["results"]) == list(module.VARIANTS)
     for name, label in module.VARIANTS.items():
         assert label in stdout
@@ -65,12 +71,7 @@ def test_variant_benchmarks(tmp_path, script, numbers):
 
 
 def test_quantizer_benchmark(tmp_path):
-    sys.path.insert(0, BENCH)
-    try:
-        import _variants
-        import quantizer
-    finally:
-        sys.path.remove(BENCH)
+    _variants, quantizer = _bench_module("_variants"), _bench_module("quantizer")
     payload, stdout = _run("quantizer", tmp_path, "--cases", "ema_restart", "fsq")
     assert [r["impl"] for r in payload["rows"]] == list(quantizer.IMPLS)
     for r in payload["rows"]:
@@ -86,11 +87,7 @@ def test_quantizer_benchmark(tmp_path):
 
 
 def test_quantization_benchmark(tmp_path):
-    sys.path.insert(0, BENCH)
-    try:
-        import quantization as q
-    finally:
-        sys.path.remove(BENCH)
+    q = _bench_module("quantization")
     payload, stdout = _run("quantization", tmp_path)
     rows = payload["scalar"]["rows"]
     assert [(r["samples"], r["levels"], r["impl"]) for r in rows] == [
@@ -124,12 +121,7 @@ def test_sweep_benchmark(tmp_path):
 
 
 def test_compile_cache_benchmark(tmp_path):
-    out = tmp_path / "compile_cache.json"
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, "compile_cache.py"), "--quick", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| rerun of the finished run |" in proc.stdout
-    result = json.loads(out.read_text())
+    result, _ = _run("compile_cache", tmp_path, header=("| rerun of the finished run |",))
     assert result["quick"] and set(result["seconds"]) == {"off", "on"}
     for row in result["seconds"].values():
         assert set(row) == {"first", "finished_rerun"} and all(v > 0 for v in row.values())
@@ -137,11 +129,7 @@ def test_compile_cache_benchmark(tmp_path):
 
 def test_memory_benchmark(tmp_path):
     """XLA's memory analysis of the quick models' train steps, and the accelerator arithmetic from it."""
-    sys.path.insert(0, BENCH)
-    try:
-        import memory
-    finally:
-        sys.path.remove(BENCH)
+    memory = _bench_module("memory")
     payload, stdout = _run("memory", tmp_path)
     assert payload["quick"] and payload["batch_sizes"] == list(memory.QUICK_BATCHES)
     assert list(payload["results"]) == list(memory.QUICK_MODELS)

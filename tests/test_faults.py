@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from experiments import vqvae_mnist
 from tests._fault_worker import tiny_config
@@ -247,3 +248,14 @@ def test_changed_model_on_a_sweep_resume_is_a_clear_error(idx_dir, tmp_path):
     with pytest.raises(ValueError, match=r"--config.model.hidden: 8 when it started, 16 now"):
         training.train_sweep(base, sweep, str(tmp_path), vqvae_mnist.build, log=lambda s: None)
     assert (tmp_path / "model.beta=0.1" / "config.json").read_text() == before
+
+
+def test_load_model_with_another_architecture_names_the_array(idx_dir, tmp_path):
+    _run(tmp_path, idx_dir, 3)
+    other = tiny_config(idx_dir, 3)
+    other.model.hidden = 16
+    with pytest.raises(ValueError, match=r"does not fit the model: params/decoder/conv1/bias is \(8,\) in the "
+                                         r"checkpoint and \(16,\) in the model"):
+        training.load_model(str(tmp_path), lambda rngs: vqvae_mnist.make_model(other, rngs))
+    same = training.load_model(str(tmp_path), lambda rngs: vqvae_mnist.make_model(tiny_config(idx_dir, 3), rngs))
+    _assert_same_params(jax.tree.leaves(nnx.state(same, nnx.Param)), _params(tmp_path, 3))

@@ -22,12 +22,12 @@ from jax.scipy.special import ndtr, ndtri
 
 __all__ = [
     "Density",
+    "PartialMoments",
     "gaussian",
     "laplace",
-    "uniform",
     "on_interval",
-    "PartialMoments",
     "partial_moments",
+    "uniform",
 ]
 
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)

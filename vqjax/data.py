@@ -33,17 +33,17 @@ import jax
 import numpy as np
 
 __all__ = [
-    "ImageSource",
-    "read_idx",
-    "write_idx",
-    "idx_source",
-    "tfds_source",
-    "embedded_mnist_source",
-    "bars_source",
-    "bars_images",
     "BARS_STRUCTURE",
+    "ImageSource",
+    "bars_images",
+    "bars_source",
+    "embedded_mnist_source",
     "get_source",
+    "idx_source",
     "make_pipeline",
+    "read_idx",
+    "tfds_source",
+    "write_idx",
 ]
 
 Example = dict[str, np.ndarray]

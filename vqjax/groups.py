@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Groups", "make_groups", "image_regions", "grid_regions", "row_groups"]
+__all__ = ["Groups", "grid_regions", "image_regions", "make_groups", "row_groups"]
 
 
 class Groups(NamedTuple):

@@ -15,9 +15,17 @@ from vqjax._checks import check_nonnegative
 from vqjax.nn import VAE, VQVAE, VQVAE2, GatedPixelCNN, HierarchicalPrior, VIBClassifier
 
 __all__ = [
-    "vqvae_objective", "vqvae2_objective", "prior_objective", "hierarchical_prior_objective",
-    "LIKELIHOODS", "reconstruction_mean",
-    "binarize", "vae_objective", "vae_iwae_objective", "vib_objective", "oivae_objective",
+    "LIKELIHOODS",
+    "binarize",
+    "hierarchical_prior_objective",
+    "oivae_objective",
+    "prior_objective",
+    "reconstruction_mean",
+    "vae_iwae_objective",
+    "vae_objective",
+    "vib_objective",
+    "vqvae2_objective",
+    "vqvae_objective",
 ]
 
 LIKELIHOODS = ("bernoulli", "gaussian")

@@ -33,8 +33,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["group_norms", "group_lasso_penalty", "group_soft_threshold", "group_lasso_prox",
-           "GroupLassoProxState"]
+__all__ = [
+    "GroupLassoProxState",
+    "group_lasso_penalty",
+    "group_lasso_prox",
+    "group_norms",
+    "group_soft_threshold",
+]
 
 Axis = int | tuple[int, ...]
 

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-__all__ = ["image_grid", "save_png", "reconstruction_grid", "save_usage_plot", "save_curve", "save_heatmap"]
+__all__ = ["image_grid", "reconstruction_grid", "save_curve", "save_heatmap", "save_png", "save_usage_plot"]
 
 
 def image_grid(images: np.ndarray, *, ncols: int, pad: int = 2, pad_value: float = 1.0) -> np.ndarray:

@@ -15,7 +15,17 @@ from vqjax.evaluation._scores import classification_accuracy_score, frechet_clas
 from vqjax.evaluation._structure import StructureRecovery, structure_recovery
 
 __all__ = [
-    "MNISTClassifier", "fit_classifier", "predict", "features", "save_classifier", "load_classifier",
-    "SHIPPED_WEIGHTS", "gaussian_statistics", "frechet_distance", "frechet_classifier_distance",
-    "classification_accuracy_score", "StructureRecovery", "structure_recovery",
+    "SHIPPED_WEIGHTS",
+    "MNISTClassifier",
+    "StructureRecovery",
+    "classification_accuracy_score",
+    "features",
+    "fit_classifier",
+    "frechet_classifier_distance",
+    "frechet_distance",
+    "gaussian_statistics",
+    "load_classifier",
+    "predict",
+    "save_classifier",
+    "structure_recovery",
 ]

@@ -21,8 +21,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-__all__ = ["MNISTClassifier", "fit_classifier", "predict", "features", "save_classifier", "load_classifier",
-           "SHIPPED_WEIGHTS"]
+__all__ = [
+    "SHIPPED_WEIGHTS",
+    "MNISTClassifier",
+    "features",
+    "fit_classifier",
+    "load_classifier",
+    "predict",
+    "save_classifier",
+]
 
 SHIPPED_WEIGHTS = os.path.join(os.path.dirname(__file__), "mnist_classifier.npz")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["gaussian_statistics", "frechet_distance"]
+__all__ = ["frechet_distance", "gaussian_statistics"]
 
 
 def gaussian_statistics(features: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -14,7 +14,7 @@ import numpy as np
 from vqjax.evaluation._classifier import MNISTClassifier, features, fit_classifier, load_classifier, predict
 from vqjax.evaluation._frechet import frechet_distance, gaussian_statistics
 
-__all__ = ["frechet_classifier_distance", "classification_accuracy_score"]
+__all__ = ["classification_accuracy_score", "frechet_classifier_distance"]
 
 
 def frechet_classifier_distance(images_a: np.ndarray, images_b: np.ndarray, *,

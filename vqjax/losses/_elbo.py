@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from vqjax._checks import check_nonnegative, check_positive_int, check_same_shape, float_dtype
 
-__all__ = ["elbo", "BetaVAELoss", "beta_vae_loss", "iwae_bound", "iwae_log_likelihood"]
+__all__ = ["BetaVAELoss", "beta_vae_loss", "elbo", "iwae_bound", "iwae_log_likelihood"]
 
 
 def elbo(log_likelihood: jax.Array, kl: jax.Array) -> jax.Array:

@@ -16,7 +16,7 @@ from vqjax._checks import (
     sum_event,
 )
 
-__all__ = ["reparameterize", "gaussian_kl", "monte_carlo_kl"]
+__all__ = ["gaussian_kl", "monte_carlo_kl", "reparameterize"]
 
 
 def reparameterize(

@@ -22,10 +22,10 @@ from vqjax._checks import (
 
 __all__ = [
     "bernoulli_log_likelihood",
-    "gaussian_log_likelihood",
-    "discretized_logistic_log_likelihood",
-    "categorical_log_likelihood",
     "bits_per_dim",
+    "categorical_log_likelihood",
+    "discretized_logistic_log_likelihood",
+    "gaussian_log_likelihood",
 ]
 
 

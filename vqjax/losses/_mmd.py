@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from vqjax._checks import check_nonnegative, check_same_shape, float_dtype
 
-__all__ = ["rbf_kernel", "inverse_multiquadratic_kernel", "mmd", "InfoVAELoss", "info_vae_loss"]
+__all__ = ["InfoVAELoss", "info_vae_loss", "inverse_multiquadratic_kernel", "mmd", "rbf_kernel"]
 
 
 def _pairwise_squared_distances(x: jax.Array, y: jax.Array) -> jax.Array:

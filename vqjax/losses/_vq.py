@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from vqjax._checks import check_event_ndim, check_same_shape, sum_event
 
-__all__ = ["codebook_loss", "commitment_loss", "VQVAELoss", "vqvae_loss"]
+__all__ = ["VQVAELoss", "codebook_loss", "commitment_loss", "vqvae_loss"]
 
 
 def codebook_loss(z_e: jax.Array, e: jax.Array, *, event_ndim: int = 1) -> jax.Array:

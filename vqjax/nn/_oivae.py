@@ -31,7 +31,7 @@ from flax import nnx
 from vqjax import proximal
 from vqjax.groups import Groups
 
-__all__ = ["GroupedGenerator", "latent_to_group_mask", "LATENT_TO_GROUP"]
+__all__ = ["LATENT_TO_GROUP", "GroupedGenerator", "latent_to_group_mask"]
 
 LATENT_TO_GROUP = "latent_to_group"  # the name of the W parameter, for optimizer masks
 

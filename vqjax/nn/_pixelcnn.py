@@ -29,7 +29,7 @@ from flax import nnx
 
 from vqjax._checks import check_positive_int
 
-__all__ = ["GatedPixelCNN", "GatedLayer"]
+__all__ = ["GatedLayer", "GatedPixelCNN"]
 
 
 def _shift_down(x: jax.Array) -> jax.Array:

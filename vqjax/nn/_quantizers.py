@@ -28,8 +28,14 @@ from vqjax import losses, quantization, quantizers
 from vqjax._checks import check_positive_int
 
 __all__ = [
-    "QuantizerOutput", "CodebookStatistic", "VectorQuantizer", "EMAVectorQuantizer",
-    "FiniteScalarQuantizer", "ResidualVectorQuantizer", "QUANTIZERS", "make_quantizer",
+    "QUANTIZERS",
+    "CodebookStatistic",
+    "EMAVectorQuantizer",
+    "FiniteScalarQuantizer",
+    "QuantizerOutput",
+    "ResidualVectorQuantizer",
+    "VectorQuantizer",
+    "make_quantizer",
 ]
 
 

@@ -23,7 +23,7 @@ from flax import nnx
 from vqjax import losses
 from vqjax.nn._layers import SubpixelConvTranspose
 
-__all__ = ["MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "VAE", "VAEOutput", "VAE_LIKELIHOODS"]
+__all__ = ["VAE", "VAE_LIKELIHOODS", "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "VAEOutput"]
 
 VAE_LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 _MIN_LOG_SCALE = -7.0  # as PixelCNN++: a logistic narrower than e^-7 of the [0, 1] range is one bin

@@ -18,7 +18,7 @@ from flax import nnx
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
 from vqjax.nn._quantizers import VectorQuantizer
 
-__all__ = ["Encoder", "Decoder", "VQVAE", "VQVAEOutput"]
+__all__ = ["VQVAE", "Decoder", "Encoder", "VQVAEOutput"]
 
 
 class Encoder(nnx.Module):

@@ -29,7 +29,7 @@ from vqjax.nn._quantizers import VectorQuantizer
 from vqjax.nn._sampling import sample_codes
 from vqjax.nn._vqvae import Decoder, Encoder
 
-__all__ = ["VQVAE2", "VQVAE2Output", "HierarchicalPrior"]
+__all__ = ["VQVAE2", "HierarchicalPrior", "VQVAE2Output"]
 
 
 class VQVAE2Output(NamedTuple):

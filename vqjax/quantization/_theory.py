@@ -34,13 +34,13 @@ from vqjax._densities import (
 )
 
 __all__ = [
-    "panter_dite_mse",
-    "gaussian_distortion_rate",
     "UniformQuantizerResult",
-    "uniform_quantizer",
     "cell_probabilities",
+    "gaussian_distortion_rate",
     "output_entropy",
+    "panter_dite_mse",
     "snr_db",
+    "uniform_quantizer",
 ]
 
 _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # golden ratio conjugate, 0.618…

@@ -21,11 +21,11 @@ from vqjax.quantizers._vq import Quantized
 
 __all__ = [
     "fsq",
+    "fsq_codebook_size",
     "fsq_codes_to_indices",
     "fsq_indices_to_codes",
-    "fsq_codebook_size",
-    "scalar_quantize",
     "fsq_range_loss",
+    "scalar_quantize",
 ]
 
 # Finite scalar quantization (FSQ; Mentzer, Minnen, Agustsson & Tschannen, 2024).

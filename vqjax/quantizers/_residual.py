@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from vqjax.quantizers._vq import lookup, nearest_code, straight_through
 
-__all__ = ["ResidualQuantized", "residual_quantize", "residual_lookup"]
+__all__ = ["ResidualQuantized", "residual_lookup", "residual_quantize"]
 
 
 class ResidualQuantized(NamedTuple):

@@ -20,16 +20,16 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "squared_distances",
-    "nearest_code",
-    "lookup",
-    "straight_through",
-    "l2_normalize",
-    "Quantized",
-    "quantize",
     "CodeUsage",
+    "Quantized",
     "code_usage",
+    "l2_normalize",
+    "lookup",
+    "nearest_code",
     "perplexity",
+    "quantize",
+    "squared_distances",
+    "straight_through",
 ]
 
 # A block's distance matrix holds at most this many float32 entries (64 MiB) when it is

@@ -74,17 +74,22 @@ def restore(mgr: ocp.CheckpointManager, step: int, target: Any, data_iter) -> An
     return restored["state"]
 
 
-def _check_fits(directory: str, step: int, metadata: Any, target: Any) -> None:
-    """Raise ``ValueError`` naming the first array whose shape (or presence) differs between the
-    checkpoint's ``metadata`` and ``target``: a changed config, not a damaged file."""
-    saved = _shapes(metadata)
-    want = _shapes(target)
+def _mismatch(metadata: Any, target: Any) -> str | None:
+    """``"<array> is <saved shape> in the checkpoint and <shape> in ..."`` for the first array whose shape
+    (or presence) differs between a checkpoint's ``metadata`` and ``target``; None when all fit."""
+    saved, want = _shapes(metadata), _shapes(target)
     for name in sorted(set(want) | set(saved)):
         if want.get(name) != saved.get(name):
-            raise ValueError(
-                f"The checkpoint of step {step} in {directory} does not fit the train state: {name} is "
-                f"{saved.get(name, 'missing')} in the checkpoint and {want.get(name, 'absent')} now. Run with the "
-                "config it was trained with, or start a fresh --workdir.")
+            return f"{name} is {saved.get(name, 'missing')} in the checkpoint and {want.get(name, 'absent')}"
+    return None
+
+
+def _check_fits(directory: str, step: int, metadata: Any, target: Any) -> None:
+    """Raise ``ValueError`` naming the first array that differs between the checkpoint's ``metadata``
+    and ``target``: a changed config, not a damaged file."""
+    if (bad := _mismatch(metadata, target)) is not None:
+        raise ValueError(f"The checkpoint of step {step} in {directory} does not fit the train state: {bad} now. "
+                         "Run with the config it was trained with, or start a fresh --workdir.")
 
 
 def set_aside(directory: str, step: int) -> str:
@@ -192,13 +197,9 @@ def load_model(workdir: str, model_fn: Callable[[nnx.Rngs], nnx.Module], *, step
     saved = ocp.StandardCheckpointer().metadata(os.path.join(directory, str(step), "state"))
     saved = getattr(saved, "item_metadata", saved)
     for part in ("params", "rest"):
-        want, got = _shapes(target[part]), _shapes(saved[part])
-        for name in sorted(set(want) | set(got)):
-            if want.get(name) != got.get(name):
-                raise ValueError(
-                    f"The checkpoint in {directory} (step {step}) does not fit the model: {part}/{name} is "
-                    f"{got.get(name, 'missing')} in the checkpoint and {want.get(name, 'absent')} in the model. "
-                    "Build the model with the config the checkpoint was trained with.")
+        if (bad := _mismatch(saved[part], target[part])) is not None:
+            raise ValueError(f"The checkpoint in {directory} (step {step}) does not fit the model: {part}/{bad} "
+                             "in the model. Build the model with the config the checkpoint was trained with.")
     mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
     args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                      partial_restore=True)  # params and rest; not the optimizer state

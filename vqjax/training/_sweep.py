@@ -41,7 +41,7 @@ from vqjax.training._state import stack, unstack
 from vqjax.training._sweep_spec import Overrides, apply_overrides, member_name
 from vqjax.training._task import LEARNING_RATE, Task, task_hparams
 
-__all__ = ["Member", "make_members", "group_members", "default_placement", "train_group", "train_sweep"]
+__all__ = ["Member", "default_placement", "group_members", "make_members", "train_group", "train_sweep"]
 
 
 @dataclasses.dataclass
