@@ -8,9 +8,10 @@ Batch 128 of 28×28×1 images, uniform in [0, 1]; the default model of ``experim
 likelihood), built here from ``vqjax`` (``MODEL``, ``OPTIMIZER``). Variants, each in its own subprocess:
 
 * vqjax: ``vqjax.training.make_train_step`` on that model and the experiment's objective (jitted, donated),
-  on one XLA:CPU device (the experiments' default, ``cpu_devices_per_core=False``: XLA's intra-op threads)
-  and on one single-threaded device per core with the batch sharded over them (the experiments' opt-in
-  ``--config.cpu_devices_per_core=True``).
+  three ways: as the experiments run it by default — one XLA:CPU device, each step's batch split into
+  ``training.auto_micro_batches`` concurrent micro-batches (8 of 16 on 2 cores), no collectives; the same
+  device without the split (``--config.train.micro_batches=1``); and one single-threaded device per core
+  with the batch sharded over them and a gradient all-reduce (the opt-in ``--config.cpu_devices_per_core=True``).
 * PyTorch + vector-quantize-pytorch ``VectorQuantize(dim=64, codebook_size=512, commitment_weight=0.25)``
   with its defaults (EMA codebook, rotation trick).
 * PyTorch + a plain VQ (the paper's): codebook ``nn.Embedding`` uniform in ±1/K, nearest code from
@@ -36,8 +37,9 @@ TORCH_THREADS = 2
 WARMUP_STEPS = 5
 
 VARIANTS = {
-    "vqjax": "vqjax (Flax NNX, jax.jit, donated; one CPU device per core, data-parallel: opt-in)",
-    "vqjax_1dev": "vqjax, one CPU device (the experiments' default; XLA's intra-op threads)",
+    "vqjax": "vqjax as the experiments run it: one CPU device, concurrent micro-batches (default)",
+    "vqjax_unsplit": "vqjax, one CPU device, the batch unsplit (micro_batches=1)",
+    "vqjax_per_core": "vqjax, one CPU device per core, data-parallel all-reduce (opt-in cpu_devices_per_core)",
     "torch_vqp": "PyTorch + vector-quantize-pytorch VectorQuantize (EMA, rotation_trick on)",
     "torch_plain": "PyTorch + plain VQ (paper's)",
 }
@@ -81,12 +83,13 @@ def use_quick_sizes() -> None:
     BATCH, MODEL = QUICK_BATCH, QUICK_MODEL
 
 
-def setup_vqjax(per_core: bool):
+def setup_vqjax(per_core: bool, split: bool = True):
     """``(run_steps, num_params, config)`` for the experiment's default VQ-VAE.
 
     ``per_core``: one XLA:CPU device per core with the batch sharded over them
     (``training.use_cpu_cores_as_devices``, what the experiments do with ``--config.cpu_devices_per_core=True``);
-    else one device (the experiments' default).
+    else one device. ``split``: each device's batch in ``training.auto_micro_batches`` concurrent
+    micro-batches (the loop's default for this task on CPU); else unsplit.
     """
     import jax
     import ml_collections
@@ -112,8 +115,10 @@ def setup_vqjax(per_core: bool):
     # the optimizer of vqjax.training.train_and_evaluate: Adam, linear warm-up to the learning rate
     tx = optax.adam(training.learning_rate_schedule(ml_collections.ConfigDict(OPTIMIZER), steps=10**6))
     graphdef, state = training.init_train_state(model, tx, seed=SEED)
-    step = training.make_train_step(graphdef, tx, objective)
     mesh = training.make_mesh()
+    threads = max(1, training.usable_cores() // mesh.size)
+    micro = training.auto_micro_batches(BATCH // mesh.size, platform="cpu", threads_per_device=threads) if split else 1
+    step = training.make_train_step(graphdef, tx, objective, micro_batches=micro)
     batch = training.shard_batch({"image": make_images()}, mesh)
     hparams = training.replicate({"model.beta": np.float32(m["beta"])}, mesh)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -126,7 +131,7 @@ def setup_vqjax(per_core: bool):
         holder[0] = jax.block_until_ready(s)
 
     return run_steps, num_params, {"buffers": 0, "devices": mesh.size, "requested_devices": num_devices,
-                                   "model": MODEL, "optimizer": OPTIMIZER}
+                                   "micro_batches": micro, "model": MODEL, "optimizer": OPTIMIZER}
 
 
 # --------------------------------------------------------------------------- PyTorch
@@ -232,7 +237,8 @@ def setup_torch(quantizer: str):
 
 def run_worker(variant: str, timings: int, steps: int, warmup: int = WARMUP_STEPS) -> dict:
     if variant.startswith("vqjax"):
-        run_steps, num_params, extra = setup_vqjax(per_core=variant == "vqjax")
+        run_steps, num_params, extra = setup_vqjax(per_core=variant == "vqjax_per_core",
+                                                   split=variant == "vqjax")
     else:
         run_steps, num_params, extra = setup_torch(variant.removeprefix("torch_"))
     times = time_steps(run_steps, timings=timings, steps=steps, warmup=warmup)
@@ -307,10 +313,11 @@ def main(argv=None) -> None:
                                                   if _common.not_run(results[v])) + ").",
         "vqjax speedup = vqjax images/s ÷ the row's images/s (above 1×: vqjax is faster).",
         (f"PyTorch: torch.set_num_threads({TORCH_THREADS}); vqjax: one XLA:CPU device using XLA's intra-op "
-        "thread pool (the experiments' default, cpu_devices_per_core=False), and "
-        f"{results['vqjax'].get('devices')} single-threaded XLA:CPU devices, one per core, the batch sharded over "
-        "them (what the experiments do with --config.cpu_devices_per_core=True). The vqjax speedup column "
-        "compares with the per-core row. The vqjax step also computes its logged metrics (code usage, "
+        f"thread pool, its batch as {results['vqjax'].get('micro_batches')} concurrent micro-batches (the "
+        "experiments' default) or unsplit, and "
+        f"{results['vqjax_per_core'].get('devices')} single-threaded XLA:CPU devices, one per core, the batch "
+        "sharded over them (--config.cpu_devices_per_core=True). The vqjax speedup column compares the "
+        "default (first row) with each row. The vqjax step also computes its logged metrics (code usage, "
         "perplexity, MSE, gradient norm)."),
         ("Losses: BCE-with-logits summed per image, mean over the batch, + codebook + 0.25 · commitment "
         "(summed per image) for vqjax and the plain VQ; vector-quantize-pytorch adds its own commitment "

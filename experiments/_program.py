@@ -5,12 +5,14 @@ Sweeps (one run per β, λ, seed, ...) run on the sweep engine: :func:`vqjax.tra
 
 from __future__ import annotations
 
+import functools
+import json
 import sys
 from collections.abc import Callable
 
 from absl import flags, logging
 
-from vqjax import training
+from vqjax import data, training
 
 
 def start(*, cpu_devices_per_core: bool = False, batch_sizes: tuple[int, ...] = ()) -> None:
@@ -32,3 +34,27 @@ def check_flags(check: Callable[[object], None], config) -> None:
         check(config)
     except ValueError as err:
         raise SystemExit(f"{sys.argv[0]}: bad flags:\n{err}") from None
+
+
+def image_shape(config) -> tuple[int, int, int]:
+    """``(H, W, C)`` of the training images ``config.data`` gives (:func:`vqjax.data.get_source`, as the
+    loop reads them): the models follow the data. Cached per ``data`` block; opening a source reads
+    little (a TFDS source its metadata), but a data set that cannot be had fails here."""
+    return _image_shape(json.dumps(config.data.to_dict(), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _image_shape(data_json: str) -> tuple[int, int, int]:
+    source = data.get_source(split="train", log=lambda s: None, **data.source_options(json.loads(data_json)))
+    return tuple(int(d) for d in source.image_shape)
+
+
+def check_image_shape(shape, downsample: int, where: str = "--config") -> None:
+    """Images ``(H, W, C)`` must fit ``downsample`` stride-2 stages (H and W multiples of ``2^downsample``):
+    a ValueError naming the flags otherwise."""
+    f = 2**downsample
+    if shape[0] % f or shape[1] % f:
+        raise ValueError(
+            f"{training.flag('model.downsample', where)}={downsample} needs images whose height and width are "
+            f"multiples of 2**{downsample} = {f}; the images of {training.flag('data', where)} are "
+            f"{tuple(shape)}: choose a smaller downsample or resize them ({training.flag('data.image_size', where)}).")

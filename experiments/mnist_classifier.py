@@ -58,8 +58,7 @@ def load_split(data_config, split: str, *, log=print) -> tuple[np.ndarray, np.nd
 
 def source(data_config, split: str, *, log=print):
     """The data source of ``split`` that ``data_config`` names (as the training loop reads it)."""
-    return data.get_source(split=split, dataset=data_config.dataset, idx_dir=data_config.get("idx_dir") or None,
-                           tfds_data_dir=data_config.get("tfds_data_dir") or None, log=log)
+    return data.get_source(split=split, log=log, **data.source_options(data_config))
 
 
 def build(config: ml_collections.ConfigDict, output: str | None = None):
@@ -86,7 +85,8 @@ def build(config: ml_collections.ConfigDict, output: str | None = None):
         y = np.array([test_src[i]["label"] for i in range(len(test_src))], np.int32)
         return {"test_accuracy": float(np.mean(evaluation.predict(shipped, x) == y)), "output": output}
 
-    return training.Task(model=lambda rngs: evaluation.MNISTClassifier(rngs=rngs), objective=objective,
+    return training.Task(model=lambda rngs: evaluation.MNISTClassifier(rngs=rngs, dtype=jnp.dtype(config.dtype)),
+                         objective=objective,
                          reporters=(ship,) if output else ())
 
 

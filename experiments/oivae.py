@@ -191,12 +191,13 @@ def make_groups(spec: str, image_shape) -> groups.Groups:
 def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
     r = resolved(config)
     shape, latents = r["image_shape"], r["latents"]
-    encoder = MLPEncoder(shape, latents, hidden=r["encoder_hidden"], rngs=rngs)
+    dtype = jnp.dtype(config.dtype)
+    encoder = MLPEncoder(shape, latents, hidden=r["encoder_hidden"], rngs=rngs, dtype=dtype)
     if config.model.decoder == "mlp":
-        decoder = MLPDecoder(shape, latents, hidden=r["encoder_hidden"], rngs=rngs)
+        decoder = MLPDecoder(shape, latents, hidden=r["encoder_hidden"], rngs=rngs, dtype=dtype)
     else:
         decoder = GroupedGenerator(make_groups(r["groups"], shape), shape, latents, group_input_dim=r["group_input_dim"],
-                                   hidden=r["generator_hidden"], rngs=rngs)
+                                   hidden=r["generator_hidden"], rngs=rngs, dtype=dtype)
     variance = config.model.variance or (data.BARS_NOISE**2 if config.data.dataset == "bars" else 1.0)
     return VAE(encoder, decoder, latents=latents, likelihood=r["likelihood"], variance=variance)
 

@@ -16,6 +16,11 @@ rate (KL) and distortion (``-log p(x|z)``), all in nats per image, and the IWAE 
 Output in the workdir: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``, ``reconstructions.png``,
 ``samples.png`` (① z ~ p(z), ② x ~ p(x|z); beside them the means of p(x|z)), ``traversals.png``,
 ``manifold.png`` (2-D latent only) and ``summary.json``. The same ``--workdir`` resumes.
+
+The model follows the data (``--config.data.dataset`` and the other ``data`` flags): any H×W×C images
+(the conv model: H and W multiples of ``2**model.downsample``). RGB images want the discretized
+logistic (``--config.model.likelihood=discretized_logistic --config.data.dynamic_binarization=False``),
+reported in bits per dimension; PSNR and SSIM of the reconstructions are reported for every likelihood.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from ml_collections import config_flags
 
 from experiments import _program, _reporters
 from experiments.configs import common
-from vqjax import losses, objectives, training
+from vqjax import objectives, training
 from vqjax.nn import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 OBJECTIVES = ("vae", "beta_vae", "info_vae")
@@ -60,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
         "likelihood": "bernoulli",
         "hidden": 500,  # MLP width; the conv model uses conv_hidden channels
         "conv_hidden": 32,
+        "downsample": 2,  # the conv model's stride-2 stages (H, W multiples of 2**downsample); the MLP ignores it
         "objective": "vae",  # "vae" (β = 1), "beta_vae" (β, capacity) or "info_vae" (α, λ, kernel)
         "beta": 1.0,
         "capacity_max": 0.0,  # C in nats; > 0 turns on β·|KL - C| with C annealed linearly 0 -> max
@@ -86,6 +92,7 @@ CONFIG_RULES = {
     "model.likelihood": training.one_of(*LIKELIHOODS),
     "model.hidden": training.integer(min=1),
     "model.conv_hidden": training.integer(min=1),
+    "model.downsample": training.integer(min=1),
     "model.objective": training.one_of(*OBJECTIVES),
     "model.beta": training.number(min=0),
     "model.capacity_max": training.number(min=0),
@@ -146,17 +153,21 @@ def report_sweep(rows: list[dict], workdir: str) -> None:
                    title=f"β-VAE on binarized MNIST (mean of {seeds} seeds per β)")
 
 
-def build_model(config: ml_collections.ConfigDict, rngs) -> VAE:
+def build_model(config: ml_collections.ConfigDict, rngs, image_shape: tuple[int, int, int] | None = None) -> VAE:
+    """The VAE of ``config.model`` for images of ``image_shape`` (default: those of ``config.data``)."""
     check_config(config)
     m = config.model
-    shape = (28, 28, 1)
-    out = (28, 28, 2) if m.likelihood == "discretized_logistic" else shape  # location and log-scale
+    shape = tuple(_program.image_shape(config) if image_shape is None else image_shape)
+    out = (*shape[:2], 2 * shape[2]) if m.likelihood == "discretized_logistic" else shape  # location, log-scale
+    dtype = jnp.dtype(config.dtype)
     if m.arch == "mlp":
-        enc = MLPEncoder(shape, m.latents, hidden=m.hidden, rngs=rngs)
-        dec = MLPDecoder(out, m.latents, hidden=m.hidden, rngs=rngs)
+        enc = MLPEncoder(shape, m.latents, hidden=m.hidden, rngs=rngs, dtype=dtype)
+        dec = MLPDecoder(out, m.latents, hidden=m.hidden, rngs=rngs, dtype=dtype)
     else:
-        enc = ConvEncoder(shape, m.latents, hidden=m.conv_hidden, rngs=rngs)
-        dec = ConvDecoder(out, m.latents, hidden=m.conv_hidden, rngs=rngs)
+        _program.check_image_shape(shape, m.get("downsample", 2))
+        kw = {"hidden": m.conv_hidden, "rngs": rngs, "dtype": dtype, "downsample": m.get("downsample", 2)}
+        enc = ConvEncoder(shape, m.latents, **kw)
+        dec = ConvDecoder(out, m.latents, **kw)
     return VAE(enc, dec, latents=m.latents, likelihood=m.likelihood)
 
 
@@ -164,6 +175,7 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
     """The loop's task: β (capacity C, InfoVAE's α and λ) and the learning rate are sweepable."""
     check_config(config)
     m, e = config.model, config.eval
+    shape = _program.image_shape(config)  # the model follows the data
     binarize = bool(config.data.dynamic_binarization)
     capacity = m.objective == "beta_vae" and m.capacity_max > 0
     hparams = {"info_vae": {"model.info_alpha": m.info_alpha, "model.info_lambda": m.info_lambda},
@@ -197,7 +209,7 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
         return draw(model, test_src, workdir, config)
 
     return training.Task(
-        model=lambda rngs: build_model(config, rngs),
+        model=lambda rngs: build_model(config, rngs, shape),
         objective=objective,
         hparams=hparams,
         evaluations={f"IWAE S={e.iwae_samples}": training.Evaluation(iwae, e.iwae_batch_size)}
@@ -260,11 +272,12 @@ def format_test(summary: dict) -> str:
             f"{t['distortion']:.2f} + rate {t['rate']:.2f}")
     if "iwae_nll" in t:
         line += f"; IWAE NLL (S={summary['config']['eval']['iwae_samples']}) {t['iwae_nll']:.2f}"
-    if summary["config"]["model"]["likelihood"] == "discretized_logistic":
-        bits = float(losses.bits_per_dim(-t["elbo"], 28 * 28))
-        line += f"; {bits:.3f} bits/dim (ELBO)"
-        if "iwae_nll" in t:
-            line += f", {float(losses.bits_per_dim(t['iwae_nll'], 28 * 28)):.3f} bits/dim (IWAE)"
+    if "bits_per_dim" in t:  # the discretized logistic (vqjax.objectives.vae_objective)
+        line += f"; {t['bits_per_dim']:.3f} bits/dim (ELBO)"
+        if "iwae_bits_per_dim" in t:
+            line += f", {t['iwae_bits_per_dim']:.3f} bits/dim (IWAE)"
+    if "psnr" in t:
+        line += f"; PSNR {t['psnr']:.2f} dB" + (f", SSIM {t['ssim']:.4f}" if "ssim" in t else "")
     return line + f"; active units {summary.get('active_units', '?')}"
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
@@ -81,8 +82,9 @@ def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> 
 
 def build_model(config: ml_collections.ConfigDict, rngs) -> VIBClassifier:
     m = config.model
-    enc = MLPEncoder((28, 28, 1), m.latents, hidden=tuple(m.hidden), rngs=rngs)
-    return VIBClassifier(enc, latents=m.latents, num_classes=m.num_classes, rngs=rngs)
+    dtype = jnp.dtype(config.dtype)
+    enc = MLPEncoder((28, 28, 1), m.latents, hidden=tuple(m.hidden), rngs=rngs, dtype=dtype)
+    return VIBClassifier(enc, latents=m.latents, num_classes=m.num_classes, rngs=rngs, dtype=dtype)
 
 
 def build(config: ml_collections.ConfigDict) -> training.Task:
@@ -109,9 +111,7 @@ def sweep_betas(config: ml_collections.ConfigDict) -> list[float]:
 
 def eval_source(config: ml_collections.ConfigDict) -> data.ImageSource:
     """The test split the runs are evaluated on (the loop's choice of source for ``config.data``)."""
-    return data.get_source(split="test", dataset=config.data.dataset, log=lambda s: None,
-                           idx_dir=config.data.get("idx_dir") or None,
-                           tfds_data_dir=config.data.get("tfds_data_dir") or None)
+    return data.get_source(split="test", log=lambda s: None, **data.source_options(config.data))
 
 
 def label_entropy(source: data.ImageSource, num_classes: int) -> float:

@@ -15,6 +15,10 @@ grid, EMA codebooks with dead-code restarts by default; ``config.model.quantizer
 sample 1,000 images and, with ``prior.sample.score_samples > 0``, FD and CAS beside real images and
 uniformly random codes. Both stages checkpoint and resume. Stage 1 reads the top-level
 ``optimizer`` and ``train`` blocks, stage 2 ``prior.optimizer`` and ``prior.train``; both read ``data``.
+
+The models follow the data (``--config.data.dataset=cifar10`` and the other ``data`` flags): any
+H×W×C images, padded to multiples of ``2**(model.downsample + 1)``; FD and CAS use the shipped MNIST
+classifier and apply to 28×28 grey images only.
 """
 
 from __future__ import annotations
@@ -59,11 +63,12 @@ def get_config() -> ml_collections.ConfigDict:
         train={"steps": 2000, "log_every": 50, "checkpoint_every": 500, "eval_every": 500})
     c.model = ml_collections.ConfigDict({
         "hidden": 64, "residual_hidden": 32, "num_residual": 2, "beta": 0.25, "likelihood": "bernoulli",
+        "downsample": 2,  # the bottom grid H'/2^d, the top H'/2^(d+1) (H': H padded to a multiple of 2^(d+1))
         "quantizer": quantizer_config(),
     })
     # Stage 2: the prior's own model, optimizer, train and sample blocks (seed and data: the run's).
     p = vqvae_prior_mnist.get_config()
-    del p.vqvae, p.vqvae_workdir, p.data, p.cpu_devices_per_core, p.seed
+    del p.vqvae, p.vqvae_workdir, p.data, p.cpu_devices_per_core, p.seed, p.dtype  # the run's `dtype`: both stages
     p.model = ml_collections.ConfigDict({
         "hidden": 64, "num_layers": 6, "bottom_hidden": 64, "bottom_layers": 8, "cond_hidden": 64,
         "class_conditional": True,
@@ -98,9 +103,11 @@ def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> 
     training.validate(config, CONFIG_RULES, where=where, extra=(vqvae_mnist.check_quantizer,))
 
 
-def make_vqvae2(config: ml_collections.ConfigDict, rngs):
-    """The VQ-VAE-2 of ``config.model``: the quantizer of ``config.model.quantizer`` at both levels."""
+def make_vqvae2(config: ml_collections.ConfigDict, rngs, image_shape: tuple[int, int, int] | None = None):
+    """The VQ-VAE-2 of ``config.model``: the quantizer of ``config.model.quantizer`` at both levels, for
+    images of ``image_shape`` (default: those of ``config.data``)."""
     m, q = config.model, config.model.quantizer
+    image_shape = _program.image_shape(config) if image_shape is None else image_shape
 
     def quantizer():
         return make_quantizer(q.kind, num_codes=q.codebook.num_codes, code_dim=q.codebook.code_dim,
@@ -108,14 +115,16 @@ def make_vqvae2(config: ml_collections.ConfigDict, rngs):
                               dead_code_threshold=q.ema.dead_code_threshold, fsq_levels=tuple(q.fsq.levels),
                               lloyd_max=q.fsq.lloyd_max, fsq_range_loss=q.fsq.range_loss, rngs=rngs)
 
-    return VQVAE2(in_channels=1, top=quantizer(), bottom=quantizer(), hidden=m.hidden,
-                  residual_hidden=m.residual_hidden, num_residual=m.num_residual, rngs=rngs)
+    return VQVAE2(in_channels=image_shape[-1], top=quantizer(), bottom=quantizer(), hidden=m.hidden,
+                  residual_hidden=m.residual_hidden, num_residual=m.num_residual, rngs=rngs,
+                  dtype=jnp.dtype(config.dtype), likelihood=m.likelihood, downsample=m.get("downsample", 2))
 
 
 def build_vqvae2(config: ml_collections.ConfigDict):
     """Stage 1's task: β and the learning rate are sweepable; the reporter draws reconstructions."""
     check_config(config)
     m = config.model
+    shape = _program.image_shape(config)  # the model follows the data (padded to the grids it needs)
 
     def objective(model, batch, *, key, step, hparams, weights=None):
         del step
@@ -127,7 +136,7 @@ def build_vqvae2(config: ml_collections.ConfigDict):
         return objectives.reconstruction_mean(model(x).logits, m.likelihood)
 
     return training.Task(
-        model=lambda rngs: make_vqvae2(config, rngs), objective=objective, hparams={"model.beta": m.beta},
+        model=lambda rngs: make_vqvae2(config, rngs, shape), objective=objective, hparams={"model.beta": m.beta},
         # EMA γ and the dead-code threshold live in the quantizers' state (as in experiments.vqvae_mnist)
         state_hparams=("model.quantizer.ema.decay", "model.quantizer.ema.dead_code_threshold")
         if m.quantizer.kind == "ema" else (),
@@ -152,7 +161,7 @@ def make_prior(config: ml_collections.ConfigDict, num_codes: tuple[int, int], rn
     m = config.prior.model
     return HierarchicalPrior(num_codes, num_classes=10 if m.class_conditional else 0, hidden=m.hidden,
                              num_layers=m.num_layers, bottom_hidden=m.bottom_hidden, bottom_layers=m.bottom_layers,
-                             cond_hidden=m.cond_hidden, rngs=rngs)
+                             cond_hidden=m.cond_hidden, rngs=rngs, dtype=jnp.dtype(config.dtype))
 
 
 def build_prior(config: ml_collections.ConfigDict, vqvae2, *, log=print):
@@ -171,9 +180,12 @@ def build_prior(config: ml_collections.ConfigDict, vqvae2, *, log=print):
                          reporters=(draw_samples(config, vqvae2, log=log),))
 
 
-def sampler(prior, vqvae2, top_grid: tuple[int, int], *, temperature: float):
-    """``(sample_fn, uniform_fn)``: ``(labels [N], key) -> images [N, 28, 28, 1]``."""
-    decode = jax.jit(lambda m, t, b: jax.nn.sigmoid(m.decode(t, b)))
+def sampler(prior, vqvae2, top_grid: tuple[int, int], *, temperature: float,
+            image_shape: tuple[int, ...] = (28, 28, 1)):
+    """``(sample_fn, uniform_fn)``: ``(labels [N], key) -> images [N, *image_shape]``, the decoder's mean
+    image (its likelihood's: :func:`vqjax.objectives.reconstruction_mean`)."""
+    decode = jax.jit(lambda m, t, b: objectives.reconstruction_mean(m.decode(t, b, image_shape=tuple(image_shape[:2])),
+                                                                    m.likelihood))
     bottom_grid = (2 * top_grid[0], 2 * top_grid[1])
 
     def sample_fn(labels, key):
@@ -194,8 +206,10 @@ def draw_samples(config, vqvae2, *, log=print):
     """The reporter of stage 2: ``samples.png``, the sampling time and (if asked) the sample quality."""
 
     def report(prior, test_src, workdir, summary):
-        top_grid = tuple(int(d) for d in np.asarray(vqvae2.encode(jnp.zeros((1, 28, 28, 1)))[0]).shape[1:3])
-        sample_fn, uniform_fn = sampler(prior, vqvae2, top_grid, temperature=config.prior.sample.temperature)
+        shape = tuple(test_src.image_shape)
+        top_grid = tuple(int(d) for d in np.asarray(vqvae2.encode(jnp.zeros((1, *shape)))[0]).shape[1:3])
+        sample_fn, uniform_fn = sampler(prior, vqvae2, top_grid, temperature=config.prior.sample.temperature,
+                                        image_shape=shape)
         out = _sample_quality.report(sample_fn, uniform_fn, config.prior.sample, config.data, workdir,
                                      key=jax.random.key(config.seed + 1),
                                      conditional=bool(prior.top.num_classes), log=log)
@@ -223,7 +237,9 @@ def main(argv):
                    batch_sizes=(config.data.batch_size, config.data.eval_batch_size))
     out = run(config, _WORKDIR.value)
     t, p, n = out["vqvae2"]["test"], out["prior"], config.prior.sample.time_samples
-    print(f"VQ-VAE-2 test: mse {t['mse']:.5f}  reconstruction {t['reconstruction']:.2f} nats  "
+    quality = "".join(f"  {label} {t[k]:{fmt}}" for k, label, fmt in (
+        ("bits_per_dim", "bits/dim", ".3f"), ("psnr", "PSNR", ".2f"), ("ssim", "SSIM", ".4f")) if k in t)
+    print(f"VQ-VAE-2 test: mse {t['mse']:.5f}  reconstruction {t['reconstruction']:.2f} nats{quality}  "
           f"perplexity top {t['perplexity_top']:.1f} bottom {t['perplexity_bottom']:.1f}")
     print(f"prior test NLL: top {p['test']['bits_top']:.3f}, bottom {p['test']['bits_bottom']:.3f}, all "
           f"{p['test']['bits_per_code']:.3f} bits per code; {n} samples in {p[f'seconds_to_sample_{n}']} s")

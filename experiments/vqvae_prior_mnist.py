@@ -5,6 +5,10 @@
     python -m experiments.vqvae_prior_mnist --config.vqvae.model.quantizer.kind=ema   # the VQ-VAE it trains
     python -m experiments.vqvae_prior_mnist --config.data.idx_dir=/path/to/mnist --config.sample.score_samples=10000
 
+The prior works on any code grid: with ``--config.data.dataset=cifar10`` (the data the VQ-VAE was
+trained on) and ``--config.vqvae_workdir`` a CIFAR-10 VQ-VAE it models its 8×8 codes and draws RGB
+samples (FD and CAS use the shipped MNIST classifier: 28×28 grey images only).
+
 The prior ``p(c | y) = Π_ij p(c_ij | c_<ij, y)`` (:class:`vqjax.nn.GatedPixelCNN`, class-conditional by
 default) is trained on the code grids the frozen VQ-VAE gives the training digits, with its own
 Orbax checkpoints in ``workdir`` (running again resumes). Without ``--config.vqvae_workdir`` a VQ-VAE
@@ -168,7 +172,10 @@ def load_vqvae(config: ml_collections.ConfigDict, workdir: str, *, log=print):
     if vq_config.model.quantizer.kind == "residual":
         raise ValueError("The prior models one code per latent position; residual VQ gives num_stages codes "
                          "per position. Train the VQ-VAE with `config.model.quantizer.kind` vq, ema or fsq.")
-    vqvae = training.load_model(vq_dir, lambda rngs: vqvae_mnist.make_model(vq_config, rngs))
+    # For the images the prior trains on (this config's `data`): those the VQ-VAE must encode. A VQ-VAE
+    # trained on images of another shape or channel count fails to load, naming the array that differs.
+    shape = _program.image_shape(config)
+    vqvae = training.load_model(vq_dir, lambda rngs: vqvae_mnist.make_model(vq_config, rngs, shape))
     vqvae.eval()
     return vqvae, vq_config
 
@@ -177,7 +184,8 @@ def make_prior(config: ml_collections.ConfigDict, num_codes: int, rngs):
     """The gated PixelCNN of ``config.model`` over ``num_codes`` code values."""
     m = config.model
     return GatedPixelCNN(num_codes, hidden=m.hidden, num_layers=m.num_layers, kernel_size=m.kernel_size,
-                         out_hidden=m.out_hidden, num_classes=10 if m.class_conditional else 0, rngs=rngs)
+                         out_hidden=m.out_hidden, num_classes=10 if m.class_conditional else 0, rngs=rngs,
+                         dtype=jnp.dtype(config.dtype))
 
 
 def build(config: ml_collections.ConfigDict, vqvae, *, log=print):
@@ -211,8 +219,9 @@ def _frozen_vqvae(vqvae_workdir: str, config_json: str):
 
 
 def sampler(prior, vqvae, grid: tuple[int, int], *, temperature: float):
-    """``sample_fn(labels [N], key) -> images [N, 28, 28, 1]``: codes from the prior, decoded."""
-    decode = jax.jit(lambda m, c: jax.nn.sigmoid(m.decode(c)))
+    """``sample_fn(labels [N], key) -> images [N, H, W, C]``: codes from the prior, decoded to the mean
+    image of the VQ-VAE's likelihood (:func:`vqjax.objectives.reconstruction_mean`)."""
+    decode = jax.jit(lambda m, c: objectives.reconstruction_mean(m.decode(c), m.likelihood))
 
     def sample_fn(labels, key):
         lab = jnp.asarray(labels) if prior.num_classes else None
@@ -229,7 +238,7 @@ def draw_samples(config, vqvae, *, log=print):
     """The reporter: ``samples.png``, the sampling time and (if asked) the sample quality."""
 
     def report(prior, test_src, workdir, summary):
-        grid = tuple(int(d) for d in np.asarray(vqvae.encode(jnp.zeros((1, 28, 28, 1)))).shape[1:3])
+        grid = tuple(int(d) for d in np.asarray(vqvae.encode(jnp.zeros((1, *test_src.image_shape)))).shape[1:3])
         sample_fn, uniform_fn = sampler(prior, vqvae, grid, temperature=config.sample.temperature)
         out = _sample_quality.report(sample_fn, uniform_fn, config.sample, config.data, workdir,
                                      key=jax.random.key(config.seed + 1), conditional=bool(prior.num_classes),

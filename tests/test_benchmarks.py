@@ -63,11 +63,12 @@ def test_variant_benchmarks(tmp_path, script, numbers):
     for name, label in module.VARIANTS.items():
         assert label in stdout
         _check_row(payload["results"][name], module.REQUIRES.get(name, ()), numbers, stdout)
-    if script == "train_step":  # the two vqjax rows: the same tiny model on 1 device and on one per core
+    if script == "train_step":  # the three vqjax rows: the same tiny model, split, unsplit, one device per core
         r = payload["results"]
         assert payload["batch"] == 16
-        assert r["vqjax"]["num_params"] == r["vqjax_1dev"]["num_params"]
-        assert r["vqjax_1dev"]["devices"] >= 1 and r["vqjax"]["devices"] >= 1
+        assert r["vqjax"]["num_params"] == r["vqjax_unsplit"]["num_params"] == r["vqjax_per_core"]["num_params"]
+        assert r["vqjax"]["devices"] == r["vqjax_unsplit"]["devices"] == 1 and r["vqjax_per_core"]["devices"] >= 1
+        assert r["vqjax_unsplit"]["micro_batches"] == 1 and r["vqjax"]["micro_batches"] >= 1
 
 
 def test_quantizer_benchmark(tmp_path):

@@ -111,7 +111,9 @@ BAD = [
     ("vqvae_mnist", "model.quantizer.residual.ema", "no", "True or False"),
     ("vqvae_mnist", "model.beta", -0.1, ">= 0"),
     ("vqvae_mnist", "model.beta", True, "a finite number"),  # a bool where a number is required
-    ("vqvae_mnist", "model.likelihood", "poisson", "one of ('bernoulli', 'gaussian')"),
+    ("vqvae_mnist", "model.likelihood", "poisson", "one of ('bernoulli', 'gaussian', 'discretized_logistic')"),
+    ("vqvae_mnist", "model.downsample", 0, "an integer >= 1"),
+    ("vae_mnist", "model.downsample", 1.5, "an integer"),
     ("vqvae_mnist", "model.hidden", 63, "an even integer >= 2"),
     ("vqvae_mnist", "model.hidden", 64.0, "an even integer"),
     ("vqvae_mnist", "model.num_residual", -1, ">= 0"),

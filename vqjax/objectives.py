@@ -7,12 +7,16 @@ are returned as per-batch sums under ``"sum/…"`` keys and counts under ``"coun
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from vqjax import losses, quantizers
-from vqjax._checks import check_nonnegative
+from vqjax._checks import check_nonnegative, float_dtype
+from vqjax.evaluation._image_quality import psnr, ssim
 from vqjax.nn import VAE, VQVAE, VQVAE2, GatedPixelCNN, HierarchicalPrior, VIBClassifier
+from vqjax.nn._images import logistic_parameters, output_channels
 
 __all__ = [
     "LIKELIHOODS",
@@ -28,10 +32,13 @@ __all__ = [
     "vqvae_objective",
 ]
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
 
 
 def _log_likelihood(logits: jax.Array, x: jax.Array, likelihood: str, variance: float) -> jax.Array:
+    if likelihood == "discretized_logistic":  # logits [B, H, W, 2C]: location and log-scale per pixel
+        location, log_scale = logistic_parameters(logits.astype(float_dtype(logits)))
+        return losses.discretized_logistic_log_likelihood(location, log_scale, x, event_ndim=3)
     if likelihood == "bernoulli":
         return losses.bernoulli_log_likelihood(logits, x, event_ndim=3)
     if likelihood == "gaussian":
@@ -40,8 +47,31 @@ def _log_likelihood(logits: jax.Array, x: jax.Array, likelihood: str, variance: 
 
 
 def reconstruction_mean(logits: jax.Array, likelihood: str) -> jax.Array:
-    """The decoder's mean image: ``sigmoid(logits)`` (Bernoulli) or the Gaussian mean."""
+    """The decoder's mean image: ``sigmoid(logits)`` (Bernoulli), the Gaussian mean, or the discretized
+    logistic's location clipped to [0, 1] (float32 at least)."""
+    logits = logits.astype(float_dtype(logits))  # a bfloat16 decoder's output: the mean and MSE in float32
+    if likelihood == "discretized_logistic":
+        return jnp.clip(logistic_parameters(logits)[0], 0.0, 1.0)
     return jax.nn.sigmoid(logits) if likelihood == "bernoulli" else logits
+
+
+def _check_decoder_channels(logits: jax.Array, x: jax.Array, likelihood: str) -> None:
+    want = output_channels(x.shape[-1], likelihood)
+    if logits.shape[-1] != want:
+        raise ValueError(
+            f"`likelihood`={likelihood!r} needs {want} decoder channels for images of {x.shape[-1]} channel(s); "
+            f"got logits of shape {logits.shape}: build the model with the same likelihood "
+            f"(e.g. VQVAE(..., likelihood={likelihood!r})).")
+
+
+def _image_quality(mean: jax.Array, x: jax.Array, w: jax.Array) -> dict:
+    """Per image: ``psnr`` (dB) and ``ssim`` (:mod:`vqjax.evaluation`, images of at least 11×11 pixels) of
+    the mean reconstruction clipped to [0, 1] against ``x [B, H, W, C]`` in [0, 1]; 0 on padded rows."""
+    mean = jnp.clip(jax.lax.stop_gradient(mean), 0.0, 1.0)
+    out = {"psnr": psnr(mean, x)}
+    if min(x.shape[1:3]) >= 11:  # SSIM's 11×11 window must fit
+        out["ssim"] = ssim(mean, x)
+    return {k: jnp.where(w > 0, v, 0.0) for k, v in out.items()}  # a padded row's PSNR may be inf
 
 
 def _weights(batch_size: int, weights: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -60,12 +90,18 @@ def _vq_loss_terms(out, x: jax.Array, *, beta: float, likelihood: str, variance:
                    weights: jax.Array | None) -> tuple[dict, jax.Array]:
     """``(metrics, w)``: the reported ``-log p(x|z_q) + codebook + β·commitment`` terms and MSE of a
     VQ-VAE or VQ-VAE-2 output, and the ``[B]`` example weights."""
+    _check_decoder_channels(out.logits, x, likelihood)
     reconstruction = -_log_likelihood(out.logits, x, likelihood, variance)
     w, total_w = _weights(x.shape[0], weights)
-    mse = jnp.mean(jnp.square(reconstruction_mean(out.logits, likelihood) - x), axis=(1, 2, 3))
+    mean = reconstruction_mean(out.logits, likelihood)
+    mse = jnp.mean(jnp.square(mean - x), axis=(1, 2, 3))
     commitment = beta * out.commitment_loss
-    metrics = _report({"loss": reconstruction + out.codebook_loss + commitment, "reconstruction": reconstruction,
-                       "codebook": out.codebook_loss, "commitment": commitment, "mse": mse}, w, total_w)
+    per_example = {"loss": reconstruction + out.codebook_loss + commitment, "reconstruction": reconstruction,
+                   "codebook": out.codebook_loss, "commitment": commitment, "mse": mse,
+                   **_image_quality(mean, x, w)}
+    if likelihood == "discretized_logistic":  # a probability mass: -log p(x|z_q) in bits per dimension
+        per_example["bits_per_dim"] = losses.bits_per_dim(reconstruction, x.shape[1] * x.shape[2] * x.shape[3])
+    metrics = _report(per_example, w, total_w)
     metrics["restarted"] = out.restarted.astype(jnp.float32)
     return metrics, w
 
@@ -90,16 +126,20 @@ def vqvae_objective(
       model: a :class:`vqjax.nn.VQVAE`.
       batch: ``{"image": [B, H, W, C] float in [0, 1]}``.
       beta: commitment cost β.
-      likelihood: ``"bernoulli"`` (logits) or ``"gaussian"`` (mean, fixed ``variance``).
+      likelihood: ``"bernoulli"`` (logits), ``"gaussian"`` (mean, fixed ``variance``) or
+        ``"discretized_logistic"`` (8-bit images as ``k / 255``; a decoder of ``2C`` channels, built
+        with ``VQVAE(likelihood="discretized_logistic")``: :func:`vqjax.losses.discretized_logistic_log_likelihood`).
       key: draws the dead-code restarts of an EMA quantizer in training mode.
       weights: optional ``[B]`` 0/1 mask for padded evaluation batches.
 
     Returns:
       ``(loss, metrics)``: the weighted mean loss and a dict of scalars (``loss``,
       ``reconstruction`` in nats per image, ``codebook``, ``commitment`` (with β), ``mse`` per pixel,
-      ``perplexity``, ``used_fraction``, ``dead_codes`` (codes unused by this batch),
-      ``restarted``), plus ``sum/*`` totals, ``weight`` and ``counts`` (``[K]``, or ``[S, K]``
-      per stage of residual VQ).
+      ``psnr`` (dB) and ``ssim`` (images of at least 11×11 pixels) of the mean reconstruction clipped
+      to [0, 1] (:func:`vqjax.evaluation.psnr`, :func:`vqjax.evaluation.ssim`), ``bits_per_dim``
+      (discretized logistic only: ``reconstruction / (H·W·C ln 2)``), ``perplexity``,
+      ``used_fraction``, ``dead_codes`` (codes unused by this batch), ``restarted``), plus ``sum/*``
+      totals, ``weight`` and ``counts`` (``[K]``, or ``[S, K]`` per stage of residual VQ).
     """
     out = model(batch["image"], key=key)
     metrics, w = _vq_loss_terms(out, batch["image"], beta=beta, likelihood=likelihood, variance=variance,
@@ -132,7 +172,7 @@ def vqvae2_objective(
     commitment losses summed (Razavi et al., 2019, eq. 2).
 
     Metrics: ``loss``, ``reconstruction`` (nats per image), ``codebook``, ``commitment`` (with β),
-    ``mse``, ``perplexity_top``, ``perplexity_bottom``, ``used_top``, ``used_bottom``,
+    ``mse``, ``psnr``, ``ssim`` and ``bits_per_dim`` (as :func:`vqvae_objective`), ``perplexity_top``, ``perplexity_bottom``, ``used_top``, ``used_bottom``,
     ``restarted``, plus ``sum/*`` totals, ``weight`` and ``counts_top``, ``counts_bottom`` (``[K]``, which
     :func:`vqjax.training.evaluate` sums over a data set).
     """
@@ -261,7 +301,11 @@ def vae_objective(
 
     Returns:
       ``(loss, metrics)`` with per-image means of ``loss``, ``elbo`` (always the β = 1 bound, nats),
-      ``rate`` (KL), ``distortion`` (``-log p(x|z)``), ``mmd`` (InfoVAE), and ``sum/*`` totals.
+      ``rate`` (KL), ``distortion`` (``-log p(x|z)``), ``mmd`` (InfoVAE), ``psnr`` and ``ssim`` of the
+      mean of ``p(x|z)`` at the posterior sample, clipped to [0, 1], against ``batch["image"]`` (the
+      grey levels, also when ``x`` is binarized: the Bernoulli mean estimates them; SSIM for images of at
+      least 11×11 pixels), ``bits_per_dim`` (``-elbo / (H·W·C ln 2)``, discretized logistic only),
+      and ``sum/*`` totals.
     """
     x, k = _data(batch, key, dynamic_binarization)
     k_z, k_prior = jax.random.split(k)
@@ -277,6 +321,11 @@ def vae_objective(
                                      lambda_=info_lambda)
         per_example["mmd"] = terms.divergence
     per_example.update(loss=terms.loss, distortion=terms.distortion, rate=terms.rate)
+    image = batch["image"]
+    if image.ndim == 4:  # [B, H, W, C] images
+        per_example.update(_image_quality(model.mean_image(out.logits), image, w))
+        if model.likelihood == "discretized_logistic":  # a probability mass: the bound in bits per dimension
+            per_example["bits_per_dim"] = losses.bits_per_dim(-per_example["elbo"], math.prod(image.shape[1:]))
     metrics = _report(per_example, w, total_w)
     return metrics["loss"], metrics
 
@@ -295,13 +344,17 @@ def vae_iwae_objective(
 
     For evaluation only (its key is split like :func:`vae_objective`'s, so with the same key both
     see the same binarized images). Returns ``(mean nll, metrics)`` with ``iwae_nll`` =
-    ``-log (1/S) Σ_s w_s`` per image, in nats, and its ``sum/`` total.
+    ``-log (1/S) Σ_s w_s`` per image, in nats (and ``iwae_bits_per_dim`` for the discretized
+    logistic), and their ``sum/`` totals.
     """
     x, k = _data(batch, key, dynamic_binarization)
     k_z, _ = jax.random.split(k)
     ll = model.iwae_log_likelihood(x, key=k_z, num_samples=num_samples, chunk_size=chunk_size)
     w, total_w = _weights(x.shape[0], weights)
-    metrics = _report({"iwae_nll": -ll}, w, total_w)
+    per_example = {"iwae_nll": -ll}
+    if model.likelihood == "discretized_logistic":
+        per_example["iwae_bits_per_dim"] = losses.bits_per_dim(-ll, math.prod(x.shape[1:]))
+    metrics = _report(per_example, w, total_w)
     return metrics["iwae_nll"], metrics
 
 

@@ -1,5 +1,6 @@
 """Evaluation: sample quality on MNIST (a shipped feature classifier, the Fréchet distance and the
-Classification Accuracy Score) and the recovery of a known latent-to-group structure."""
+Classification Accuracy Score), reconstruction quality of any images (PSNR, SSIM) and the recovery
+of a known latent-to-group structure."""
 
 from vqjax.evaluation._classifier import (
     SHIPPED_WEIGHTS,
@@ -11,6 +12,7 @@ from vqjax.evaluation._classifier import (
     save_classifier,
 )
 from vqjax.evaluation._frechet import frechet_distance, gaussian_statistics
+from vqjax.evaluation._image_quality import psnr, ssim
 from vqjax.evaluation._scores import classification_accuracy_score, frechet_classifier_distance
 from vqjax.evaluation._structure import StructureRecovery, structure_recovery
 
@@ -26,6 +28,8 @@ __all__ = [
     "gaussian_statistics",
     "load_classifier",
     "predict",
+    "psnr",
     "save_classifier",
+    "ssim",
     "structure_recovery",
 ]

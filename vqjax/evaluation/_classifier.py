@@ -21,6 +21,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from vqjax._checks import float_dtype
+
 __all__ = [
     "SHIPPED_WEIGHTS",
     "MNISTClassifier",
@@ -35,13 +37,18 @@ SHIPPED_WEIGHTS = os.path.join(os.path.dirname(__file__), "mnist_classifier.npz"
 
 
 class MNISTClassifier(nnx.Module):
-    """``x [B, 28, 28, 1]`` in [0, 1] -> ``logits [B, 10]``; ``features(x)`` -> ``[B, 128]``."""
+    """``x [B, 28, 28, 1]`` in [0, 1] -> ``logits [B, 10]``; ``features(x)`` -> ``[B, 128]``.
 
-    def __init__(self, *, num_classes: int = 10, rngs: nnx.Rngs):
-        self.conv1 = nnx.Conv(1, 32, (3, 3), padding="SAME", rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, (3, 3), padding="SAME", rngs=rngs)
-        self.hidden = nnx.Linear(7 * 7 * 64, 128, rngs=rngs)
-        self.out = nnx.Linear(128, num_classes, rngs=rngs)
+    ``dtype``: the computation dtype (e.g. ``jnp.bfloat16`` to train it in mixed precision; the
+    parameters and the returned logits stay float32; the shipped network computes in float32).
+    """
+
+    def __init__(self, *, num_classes: int = 10, rngs: nnx.Rngs, dtype=jnp.float32):
+        kw = {"dtype": jnp.dtype(dtype), "rngs": rngs}
+        self.conv1 = nnx.Conv(1, 32, (3, 3), padding="SAME", **kw)
+        self.conv2 = nnx.Conv(32, 64, (3, 3), padding="SAME", **kw)
+        self.hidden = nnx.Linear(7 * 7 * 64, 128, **kw)
+        self.out = nnx.Linear(128, num_classes, **kw)
 
     def features(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4 or x.shape[1:] != (28, 28, 1):
@@ -52,7 +59,8 @@ class MNISTClassifier(nnx.Module):
         return jax.nn.relu(self.hidden(h.reshape(h.shape[0], -1)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.out(self.features(x))
+        logits = self.out(self.features(x))
+        return logits.astype(float_dtype(logits))  # float32 logits for the cross-entropy, whatever `dtype`
 
 
 def _batches(step, model, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -6,6 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
+
+from vqjax.nn._precision import compute_dtype
 
 __all__ = ["ResidualBlock", "SubpixelConvTranspose"]
 
@@ -16,11 +19,13 @@ class ResidualBlock(nnx.Module):
     ``[B, H, W, C] -> [B, H, W, C]`` with a bottleneck of ``hidden`` channels.
     """
 
-    def __init__(self, channels: int, hidden: int, *, rngs: nnx.Rngs):
-        self.conv3 = nnx.Conv(channels, hidden, (3, 3), padding="SAME", rngs=rngs)
-        self.conv1 = nnx.Linear(hidden, channels, rngs=rngs)  # a 1x1 convolution, as a matmul
+    def __init__(self, channels: int, hidden: int, *, rngs: nnx.Rngs, dtype: DTypeLike = jnp.float32):
+        self.dtype = compute_dtype(dtype)  # of the computation; the parameters stay float32
+        self.conv3 = nnx.Conv(channels, hidden, (3, 3), padding="SAME", dtype=self.dtype, rngs=rngs)
+        self.conv1 = nnx.Linear(hidden, channels, dtype=self.dtype, rngs=rngs)  # a 1x1 convolution, as a matmul
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
         return x + self.conv1(jax.nn.relu(self.conv3(jax.nn.relu(x))))
 
 
@@ -59,7 +64,8 @@ class SubpixelConvTranspose(nnx.Module):
     ``kernel`` is ``[4, 4, C_in, C_out]``; ``bias`` is ``[C_out]``.
     """
 
-    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype: DTypeLike = jnp.float32):
+        self.dtype = compute_dtype(dtype)  # of the computation; the kernel and bias stay float32
         # LeCun normal on the true fan-in: each output pixel sees 2x2 taps x C_in (not 4x4).
         init = nnx.initializers.variance_scaling(
             4.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1
@@ -75,7 +81,8 @@ class SubpixelConvTranspose(nnx.Module):
         k3 = taps[_PHASE_TAPS]  # [3, 3, 2(a), 2(c), C_in, C_out]
         k3 = k3.transpose(0, 1, 4, 2, 3, 5).reshape(3, 3, c_in, 4 * c_out)
         y = jax.lax.conv_general_dilated(
-            x, k3.astype(x.dtype), (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            x.astype(self.dtype), k3.astype(self.dtype), (1, 1), ((1, 1), (1, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
         y = y.reshape(b, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)  # [B, H, a, W, c, C_out]
-        return y.reshape(b, 2 * h, 2 * w, c_out) + self.bias[...]
+        return y.reshape(b, 2 * h, 2 * w, c_out) + self.bias[...].astype(self.dtype)

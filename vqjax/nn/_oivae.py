@@ -27,9 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
 
 from vqjax import proximal
 from vqjax.groups import Groups
+from vqjax.nn._precision import compute_dtype
 
 __all__ = ["LATENT_TO_GROUP", "GroupedGenerator", "latent_to_group_mask"]
 
@@ -50,10 +52,13 @@ class GroupedGenerator(nnx.Module):
       group_input_dim: p, the size of ``W_g z``.
       hidden: widths of the generators' hidden layers.
       activation: between layers (default ReLU).
+      dtype: the computation dtype (e.g. ``jnp.bfloat16``); ``W`` and the generators' parameters stay
+        float32, and so do the group norms and the generator prior computed from them.
     """
 
     def __init__(self, groups: Groups, image_shape: Sequence[int], latents: int, *, group_input_dim: int = 1,
-                 hidden: int | Sequence[int] = (), activation=jax.nn.relu, rngs: nnx.Rngs):
+                 hidden: int | Sequence[int] = (), activation=jax.nn.relu, rngs: nnx.Rngs,
+                 dtype: DTypeLike = jnp.float32):
         if not isinstance(groups, Groups):
             raise ValueError(f"`groups` must be a vqjax.groups.Groups (make_groups, image_regions, ...); "
                              f"got {type(groups).__name__}.")
@@ -65,6 +70,7 @@ class GroupedGenerator(nnx.Module):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1; got {value!r}.")
         hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+        self.dtype = compute_dtype(dtype)
         g, size = groups.num_groups, max(groups.sizes)
         self.latents, self.group_input_dim, self.num_groups, self.activation = latents, group_input_dim, g, activation
         self.group_names = groups.names
@@ -100,13 +106,13 @@ class GroupedGenerator(nnx.Module):
         """``z [..., L] -> [..., G, p]``: ``W_g z`` for every group."""
         if z.shape[-1:] != (self.latents,):
             raise ValueError(f"`z` must be [..., L] with L = {self.latents}; got shape {z.shape}.")
-        return jnp.einsum("...l,gpl->...gp", z, self.W)
+        return jnp.einsum("...l,gpl->...gp", z.astype(self.dtype), self.W.astype(self.dtype))
 
     def __call__(self, z: jax.Array) -> jax.Array:
         h = self.group_inputs(z)
         n = len(self.kernels)
         for i, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):
-            h = jnp.einsum("...ga,gab->...gb", h, kernel[...]) + bias[...]
+            h = jnp.einsum("...ga,gab->...gb", h, kernel[...].astype(self.dtype)) + bias[...].astype(self.dtype)
             if i < n - 1:
                 h = self.activation(h)
         flat = h.reshape(*h.shape[:-2], -1)[..., jnp.asarray(self.slot)]  # [..., D]

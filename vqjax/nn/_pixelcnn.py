@@ -26,8 +26,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from vqjax._checks import check_positive_int
+from vqjax.nn._precision import compute_dtype
 
 __all__ = ["GatedLayer", "GatedPixelCNN"]
 
@@ -64,16 +66,18 @@ class GatedLayer(nnx.Module):
         num_classes: int = 0,
         cond_channels: int = 0,
         rngs: nnx.Rngs,
+        dtype: DTypeLike = jnp.float32,
     ):
         r = kernel_size // 2
         c2 = 2 * channels
         self.first = first
-        self.vertical = nnx.Conv(channels, c2, (r + 1, kernel_size), padding=((r, 0), (r, r)), rngs=rngs)
-        self.horizontal = nnx.Conv(channels, c2, (1, r + 1), padding=((0, 0), (r, 0)), rngs=rngs)
-        self.vertical_to_horizontal = nnx.Linear(c2, c2, rngs=rngs)  # 1x1
-        self.horizontal_out = nnx.Linear(channels, channels, rngs=rngs)  # 1x1
-        self.class_bias = nnx.Embed(num_classes, 2 * c2, rngs=rngs) if num_classes else None
-        self.cond_proj = nnx.Linear(cond_channels, 2 * c2, rngs=rngs) if cond_channels else None
+        dt = compute_dtype(dtype)  # of the computation; parameters stay float32
+        self.vertical = nnx.Conv(channels, c2, (r + 1, kernel_size), padding=((r, 0), (r, r)), dtype=dt, rngs=rngs)
+        self.horizontal = nnx.Conv(channels, c2, (1, r + 1), padding=((0, 0), (r, 0)), dtype=dt, rngs=rngs)
+        self.vertical_to_horizontal = nnx.Linear(c2, c2, dtype=dt, rngs=rngs)  # 1x1
+        self.horizontal_out = nnx.Linear(channels, channels, dtype=dt, rngs=rngs)  # 1x1
+        self.class_bias = nnx.Embed(num_classes, 2 * c2, dtype=dt, rngs=rngs) if num_classes else None
+        self.cond_proj = nnx.Linear(cond_channels, 2 * c2, dtype=dt, rngs=rngs) if cond_channels else None
 
     def _conditioning(self, labels: jax.Array | None, cond: jax.Array | None):
         """``(e_v, e_h)``: the class and spatial terms added to each stack's ``2C`` pre-activations."""
@@ -118,6 +122,8 @@ class GatedPixelCNN(nnx.Module):
       num_classes: > 0 for a class-conditional prior (``labels [B]`` required).
       cond_channels: > 0 for a spatially conditioned prior (``cond [B, H, W, C_s]`` required).
       out_hidden: channels of the 1×1 output layer before the K logits.
+      dtype: the computation dtype (e.g. ``jnp.bfloat16``; parameters stay float32, and the
+        likelihood and sampling upcast the logits to float32).
     """
 
     def __init__(
@@ -131,6 +137,7 @@ class GatedPixelCNN(nnx.Module):
         cond_channels: int = 0,
         out_hidden: int = 128,
         rngs: nnx.Rngs,
+        dtype: DTypeLike = jnp.float32,
     ):
         for name, value in {"num_codes": num_codes, "hidden": hidden, "num_layers": num_layers,
                             "out_hidden": out_hidden}.items():
@@ -141,14 +148,15 @@ class GatedPixelCNN(nnx.Module):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be an int >= 0 (0: unconditional); got {value!r}.")
         self.num_codes, self.num_classes, self.cond_channels = num_codes, num_classes, cond_channels
-        self.embed = nnx.Embed(num_codes, hidden, rngs=rngs)
+        dt = compute_dtype(dtype)
+        self.embed = nnx.Embed(num_codes, hidden, dtype=dt, rngs=rngs)
         self.layers = nnx.List([
             GatedLayer(hidden, kernel_size=kernel_size, first=i == 0, num_classes=num_classes,
-                       cond_channels=cond_channels, rngs=rngs)
+                       cond_channels=cond_channels, rngs=rngs, dtype=dt)
             for i in range(num_layers)
         ])
-        self.out_hidden = nnx.Linear(hidden, out_hidden, rngs=rngs)
-        self.out = nnx.Linear(out_hidden, num_codes, rngs=rngs)
+        self.out_hidden = nnx.Linear(hidden, out_hidden, dtype=dt, rngs=rngs)
+        self.out = nnx.Linear(out_hidden, num_codes, dtype=dt, rngs=rngs)
 
     def check_inputs(self, codes_shape: tuple[int, ...], labels: jax.Array | None, cond: jax.Array | None) -> None:
         """Trace-time checks of the conditioning against the code grid ``[B, H, W]``."""

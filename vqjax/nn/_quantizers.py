@@ -13,6 +13,10 @@ pictures). The losses are per vector (summed over D and over stages); the VQ-VAE
   ``model.eval()``, like BatchNorm's running averages.
 - :class:`FiniteScalarQuantizer`: FSQ, with uniform or Lloyd-Max levels; no codebook to learn.
 - :class:`ResidualVectorQuantizer`: S stages on successive residuals, gradient- or EMA-learned.
+
+Precision: whatever the input's dtype (a bfloat16 encoder's output), every quantizer computes its
+distances, nearest codes, residuals, EMA statistics, FSQ rounding, indices and losses in float32
+and returns ``z_q`` in the input's dtype (:mod:`vqjax.nn._precision`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from flax import nnx
 
 from vqjax import losses, quantization, quantizers
 from vqjax._checks import check_positive_int
+from vqjax.nn._precision import to_float32
 
 __all__ = [
     "QUANTIZERS",
@@ -103,12 +108,14 @@ class VectorQuantizer(nnx.Module):
 
     def __call__(self, z: jax.Array, *, key: jax.Array | None = None) -> QuantizerOutput:
         del key
+        z, dtype = to_float32(z)  # search and losses in float32; z_q in the input's dtype
         q = quantizers.quantize(z, self.codebook[...], cosine=self.cosine)
         z_in = quantizers.l2_normalize(z) if self.cosine else z
-        return QuantizerOutput(q.z_q, q.indices, losses.codebook_loss(z_in, q.codes),
+        return QuantizerOutput(q.z_q.astype(dtype), q.indices, losses.codebook_loss(z_in, q.codes),
                                losses.commitment_loss(z_in, q.codes, beta=1.0), jnp.zeros((), jnp.int32))
 
     def encode(self, z: jax.Array) -> jax.Array:
+        z, _ = to_float32(z)
         return quantizers.nearest_code(quantizers.l2_normalize(z) if self.cosine else z, self._codes())
 
     def decode(self, indices: jax.Array) -> jax.Array:
@@ -188,6 +195,7 @@ class EMAVectorQuantizer(nnx.Module):
 
     def __call__(self, z: jax.Array, *, key: jax.Array | None = None) -> QuantizerOutput:
         state = self.ema.get()
+        z, dtype = to_float32(z)  # search, statistics and loss in float32; z_q in the input's dtype
         z_in = quantizers.l2_normalize(z) if self.cosine else z
         q = quantizers.quantize(z_in, state.codebook)
         restarted = jnp.zeros((), jnp.int32)
@@ -198,9 +206,11 @@ class EMAVectorQuantizer(nnx.Module):
                                          threshold=self.dead_code_threshold[...], restarts=self.restarts,
                                          cosine=self.cosine)
             self.ema.set(state)
-        return QuantizerOutput(q.z_q, q.indices, _zero_loss(z), losses.commitment_loss(z_in, q.codes, beta=1.0), restarted)
+        return QuantizerOutput(q.z_q.astype(dtype), q.indices, _zero_loss(z),
+                               losses.commitment_loss(z_in, q.codes, beta=1.0), restarted)
 
     def encode(self, z: jax.Array) -> jax.Array:
+        z, _ = to_float32(z)
         return quantizers.nearest_code(quantizers.l2_normalize(z) if self.cosine else z, self.ema.codebook[...])
 
     def decode(self, indices: jax.Array) -> jax.Array:
@@ -302,6 +312,7 @@ class ResidualVectorQuantizer(nnx.Module):
         return self.ema.codebook[...] if self.ema_codebooks else self.codebooks[...]
 
     def __call__(self, z: jax.Array, *, key: jax.Array | None = None) -> QuantizerOutput:
+        z, dtype = to_float32(z)  # residuals, search and statistics in float32; z_q in the input's dtype
         r = quantizers.residual_quantize(z, self._codebooks())
         stage_losses = jax.vmap(lambda res, code: (losses.codebook_loss(res, code), losses.commitment_loss(res, code, beta=1.0)))
         codebook, commitment = (jnp.sum(t, axis=0) for t in stage_losses(r.residuals, r.codes))
@@ -319,10 +330,10 @@ class ResidualVectorQuantizer(nnx.Module):
                 state, per_stage = step(self.ema.get(), r.residuals, jnp.moveaxis(r.indices, -1, 0), keys)
                 self.ema.set(state)
                 restarted = jnp.sum(per_stage)
-        return QuantizerOutput(r.z_q, r.indices, codebook, commitment, restarted)
+        return QuantizerOutput(r.z_q.astype(dtype), r.indices, codebook, commitment, restarted)
 
     def encode(self, z: jax.Array) -> jax.Array:
-        return quantizers.residual_quantize(z, self._codebooks()).indices
+        return quantizers.residual_quantize(to_float32(z)[0], self._codebooks()).indices
 
     def decode(self, indices: jax.Array) -> jax.Array:
         return quantizers.residual_lookup(indices, self._codebooks())

@@ -8,6 +8,10 @@ importance-weighted bound and samples through the pure functions of :mod:`vqjax.
 - :class:`MLPEncoder` / :class:`MLPDecoder`: the Flax VAE example's network (one hidden layer of
   500 ReLU units, 20 latents).
 - :class:`ConvEncoder` / :class:`ConvDecoder`: two 4×4 stride-2 convolutions each way.
+
+Each encoder and decoder takes a keyword-only ``dtype``, its computation dtype (e.g. ``jnp.bfloat16``;
+parameters stay float32); :class:`VAE` computes its likelihoods, KL and bounds in float32 whatever
+the dtype of the networks' outputs (:mod:`vqjax.nn._precision`).
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from vqjax import losses
+from vqjax.nn._images import MIN_LOG_SCALE, check_divisible, check_downsample, logistic_parameters
 from vqjax.nn._layers import SubpixelConvTranspose
+from vqjax.nn._precision import compute_dtype, upcast
 
 __all__ = ["VAE", "VAE_LIKELIHOODS", "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "VAEOutput"]
 
 VAE_LIKELIHOODS = ("bernoulli", "gaussian", "discretized_logistic")
-_MIN_LOG_SCALE = -7.0  # as PixelCNN++: a logistic narrower than e^-7 of the [0, 1] range is one bin
+_MIN_LOG_SCALE = MIN_LOG_SCALE  # as PixelCNN++ (-7): a logistic narrower than e^-7 of the [0, 1] range is one bin
 
 
 class MLPEncoder(nnx.Module):
@@ -36,12 +43,13 @@ class MLPEncoder(nnx.Module):
     """
 
     def __init__(self, image_shape: tuple[int, ...], latents: int = 20, *,
-                 hidden: int | tuple[int, ...] = 500, rngs: nnx.Rngs):
+                 hidden: int | tuple[int, ...] = 500, rngs: nnx.Rngs, dtype: DTypeLike = jnp.float32):
         self.image_shape = tuple(image_shape)
+        dt = compute_dtype(dtype)
         widths = (math.prod(image_shape), *((hidden,) if isinstance(hidden, int) else hidden))
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)])
-        self.mean = nnx.Linear(widths[-1], latents, rngs=rngs)
-        self.log_variance = nnx.Linear(widths[-1], latents, rngs=rngs)
+        self.layers = nnx.List([nnx.Linear(a, b, dtype=dt, rngs=rngs) for a, b in itertools.pairwise(widths)])
+        self.mean = nnx.Linear(widths[-1], latents, dtype=dt, rngs=rngs)
+        self.log_variance = nnx.Linear(widths[-1], latents, dtype=dt, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = x.reshape(x.shape[0], -1)
@@ -53,51 +61,79 @@ class MLPEncoder(nnx.Module):
 class MLPDecoder(nnx.Module):
     """``z [B, L] -> logits [B, *image_shape]``: ``hidden`` ReLU units and a linear output."""
 
-    def __init__(self, image_shape: tuple[int, ...], latents: int = 20, *, hidden: int = 500, rngs: nnx.Rngs):
+    def __init__(self, image_shape: tuple[int, ...], latents: int = 20, *, hidden: int = 500, rngs: nnx.Rngs,
+                 dtype: DTypeLike = jnp.float32):
         self.image_shape = tuple(image_shape)
-        self.hidden = nnx.Linear(latents, hidden, rngs=rngs)
-        self.out = nnx.Linear(hidden, math.prod(image_shape), rngs=rngs)
+        dt = compute_dtype(dtype)
+        self.hidden = nnx.Linear(latents, hidden, dtype=dt, rngs=rngs)
+        self.out = nnx.Linear(hidden, math.prod(image_shape), dtype=dt, rngs=rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         return self.out(jax.nn.relu(self.hidden(z))).reshape(*z.shape[:-1], *self.image_shape)
 
 
-def _check_image_shape(image_shape) -> tuple[int, int, int]:
-    if len(image_shape) != 3 or image_shape[0] % 4 or image_shape[1] % 4:
-        raise ValueError(f"`image_shape` must be (H, W, C) with H and W divisible by 4; got {image_shape!r}.")
+def _check_image_shape(image_shape, downsample: int = 2) -> tuple[int, int, int]:
+    check_downsample(downsample)
+    if len(image_shape) != 3:
+        raise ValueError(f"`image_shape` must be (H, W, C); got {image_shape!r}.")
+    check_divisible(image_shape, downsample, "image_shape")
     return tuple(image_shape)
 
 
 class ConvEncoder(nnx.Module):
-    """``x [B, H, W, C] -> (μ, log σ²) [B, L]``: 4×4/2 convolutions to ``H/4 × W/4 × 2·hidden``, a linear head."""
+    """``x [B, H, W, C] -> (μ, log σ²) [B, L]``: ``d = downsample`` 4×4/2 convolutions (default 2) to
+    ``H/2^d × W/2^d × 2·hidden``, a linear head (``d = 1``: the second convolution is 3×3, stride 1)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], latents: int = 20, *, hidden: int = 32, rngs: nnx.Rngs):
-        h, w, c = _check_image_shape(image_shape)
-        self.image_shape = (h, w, c)
-        self.conv1 = nnx.Conv(c, hidden, (4, 4), 2, padding=((1, 1), (1, 1)), rngs=rngs)
-        self.conv2 = nnx.Conv(hidden, 2 * hidden, (4, 4), 2, padding=((1, 1), (1, 1)), rngs=rngs)
-        self.head = nnx.Linear((h // 4) * (w // 4) * 2 * hidden, 2 * latents, rngs=rngs)
+    def __init__(self, image_shape: tuple[int, int, int], latents: int = 20, *, hidden: int = 32, rngs: nnx.Rngs,
+                 dtype: DTypeLike = jnp.float32, downsample: int = 2):
+        h, w, c = _check_image_shape(image_shape, downsample)
+        self.image_shape, self.downsample = (h, w, c), downsample
+        dt = compute_dtype(dtype)
+        self.conv1 = nnx.Conv(c, hidden, (4, 4), 2, padding=((1, 1), (1, 1)), dtype=dt, rngs=rngs)
+        if downsample >= 2:
+            self.conv2 = nnx.Conv(hidden, 2 * hidden, (4, 4), 2, padding=((1, 1), (1, 1)), dtype=dt, rngs=rngs)
+        else:
+            self.conv2 = nnx.Conv(hidden, 2 * hidden, (3, 3), padding="SAME", dtype=dt, rngs=rngs)
+        if downsample > 2:  # absent by default: the default's parameters unchanged
+            self.down = nnx.List([nnx.Conv(2 * hidden, 2 * hidden, (4, 4), 2, padding=((1, 1), (1, 1)), dtype=dt,
+                                           rngs=rngs) for _ in range(downsample - 2)])
+        f = 2**downsample
+        self.head = nnx.Linear((h // f) * (w // f) * 2 * hidden, 2 * latents, dtype=dt, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         h = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
+        for layer in self.down if self.downsample > 2 else ():
+            h = jax.nn.relu(layer(h))
         mean, log_variance = jnp.split(self.head(h.reshape(h.shape[0], -1)), 2, axis=-1)
         return mean, log_variance
 
 
 class ConvDecoder(nnx.Module):
-    """``z [B, L] -> logits [B, H, W, C]``: a linear map to ``H/4 × W/4 × 2·hidden``, two 4×4/2 transposed convolutions."""
+    """``z [B, L] -> logits [B, H, W, C]``: a linear map to ``H/2^d × W/2^d × 2·hidden``, ``d = downsample``
+    4×4/2 transposed convolutions (default 2; ``d = 1``: the first is a 3×3 convolution)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], latents: int = 20, *, hidden: int = 32, rngs: nnx.Rngs):
-        h, w, c = _check_image_shape(image_shape)
-        self.image_shape = (h, w, c)
-        self.start = (h // 4, w // 4, 2 * hidden)
-        self.project = nnx.Linear(latents, math.prod(self.start), rngs=rngs)
-        self.up1 = SubpixelConvTranspose(2 * hidden, hidden, rngs=rngs)
-        self.up2 = SubpixelConvTranspose(hidden, c, rngs=rngs)
+    def __init__(self, image_shape: tuple[int, int, int], latents: int = 20, *, hidden: int = 32, rngs: nnx.Rngs,
+                 dtype: DTypeLike = jnp.float32, downsample: int = 2):
+        h, w, c = _check_image_shape(image_shape, downsample)
+        self.image_shape, self.downsample = (h, w, c), downsample
+        f = 2**downsample
+        self.start = (h // f, w // f, 2 * hidden)
+        dt = compute_dtype(dtype)
+        self.project = nnx.Linear(latents, math.prod(self.start), dtype=dt, rngs=rngs)
+        if downsample > 2:  # absent by default: the default's parameters unchanged
+            self.up = nnx.List([SubpixelConvTranspose(2 * hidden, 2 * hidden, rngs=rngs, dtype=dt)
+                                for _ in range(downsample - 2)])
+        if downsample >= 2:
+            self.up1 = SubpixelConvTranspose(2 * hidden, hidden, rngs=rngs, dtype=dt)
+        else:
+            self.up1 = nnx.Conv(2 * hidden, hidden, (3, 3), padding="SAME", dtype=dt, rngs=rngs)
+        self.up2 = SubpixelConvTranspose(hidden, c, rngs=rngs, dtype=dt)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         lead = z.shape[:-1]
         h = jax.nn.relu(self.project(z.reshape(-1, z.shape[-1]))).reshape(-1, *self.start)
+        for layer in self.up if self.downsample > 2 else ():
+            h = jax.nn.relu(layer(h))
         out = self.up2(jax.nn.relu(self.up1(h)))
         return out.reshape(*lead, *self.image_shape)
 
@@ -153,6 +189,7 @@ class VAE(nnx.Module):
         ``event_ndim`` (default ``x.ndim - 1``) is the number of image axes.
         """
         event_ndim = x.ndim - 1 if event_ndim is None else event_ndim
+        params = upcast(params)  # a bfloat16 decoder's output: the likelihood in float32
         if self.likelihood == "bernoulli":
             return losses.bernoulli_log_likelihood(params, x, event_ndim=event_ndim)
         if self.likelihood == "discretized_logistic":
@@ -162,11 +199,11 @@ class VAE(nnx.Module):
 
     @staticmethod
     def _logistic(params: jax.Array) -> tuple[jax.Array, jax.Array]:
-        location, log_scale = jnp.split(params, 2, axis=-1)
-        return jax.nn.sigmoid(location), jnp.maximum(log_scale, _MIN_LOG_SCALE)
+        return logistic_parameters(params)  # shared with the VQ-VAEs (vqjax.nn._images)
 
     def mean_image(self, params: jax.Array) -> jax.Array:
-        """The mean of ``p(x|z)``: ``sigmoid(logits)``, the Gaussian mean, or the logistic's location."""
+        """The mean of ``p(x|z)``: ``sigmoid(logits)``, the Gaussian mean, or the logistic's location (float32)."""
+        params = upcast(params)
         if self.likelihood == "discretized_logistic":
             return self._logistic(params)[0]
         return jax.nn.sigmoid(params) if self.likelihood == "bernoulli" else params

@@ -1,7 +1,8 @@
 """VQ-VAE-2 (Razavi, van den Oord & Vinyals, 2019): a two-level hierarchy of discrete latents, and
 its hierarchical PixelCNN prior, as Flax NNX modules.
 
-For ``x [B, H, W, C]`` (padded with zeros to multiples of 8, e.g. 28×28 MNIST to 32×32):
+For ``x [B, H, W, C]`` (padded with zeros to multiples of 8, e.g. 28×28 MNIST to 32×32; the
+factors below are those of the default ``downsample = 2``: ``2^d`` and ``2^(d+1)`` in general):
 
 - bottom encoder ``x -> h_b [B, H/4, W/4, hidden]``; top encoder ``h_b -> z_t [B, H/8, W/8, D]``,
   quantized to ``e_t`` (the *top* codes, global structure);
@@ -21,10 +22,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import DTypeLike
 
 from vqjax._checks import check_positive_int
+from vqjax.nn._images import check_downsample, output_channels
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
 from vqjax.nn._pixelcnn import GatedPixelCNN
+from vqjax.nn._precision import compute_dtype
 from vqjax.nn._quantizers import VectorQuantizer
 from vqjax.nn._sampling import sample_codes
 from vqjax.nn._vqvae import Decoder, Encoder
@@ -36,15 +40,15 @@ class VQVAE2Output(NamedTuple):
     """What :class:`VQVAE2` returns for ``x [B, H, W, C]``."""
 
     logits: jax.Array  # [B, H, W, C]
-    top_indices: jax.Array  # [B, H'/8, W'/8] (H', W': H, W padded to multiples of 8)
-    bottom_indices: jax.Array  # [B, H'/4, W'/4]
+    top_indices: jax.Array  # [B, H'/8, W'/8] (H', W': H, W padded to multiples of 8; 2^(d+1) generally)
+    bottom_indices: jax.Array  # [B, H'/4, W'/4] (H'/2^d)
     codebook_loss: jax.Array  # [B] both levels, summed over their grids
     commitment_loss: jax.Array  # [B] both levels, without β
     restarted: jax.Array  # [] dead codes re-seeded (EMA quantizers in training mode)
 
 
-def _padding(size: int) -> tuple[int, int]:
-    extra = -size % 8
+def _padding(size: int, multiple: int = 8) -> tuple[int, int]:
+    extra = -size % multiple
     return extra // 2, extra - extra // 2
 
 
@@ -52,7 +56,14 @@ class VQVAE2(nnx.Module):
     """Two-level VQ-VAE: ``top`` and ``bottom`` quantizer modules (default: plain VQ, K=512, D=64).
 
     Any quantizer of :mod:`vqjax.nn._quantizers` with one stage works (VQ, EMA, FSQ); both must
-    share ``code_dim``.
+    share ``code_dim``. ``dtype`` (e.g. ``jnp.bfloat16``) is the networks' computation dtype;
+    parameters and quantizers stay float32 (:mod:`vqjax.nn._precision`).
+
+    Any ``[B, H, W, C]`` (``in_channels = C``), padded to multiples of ``2^(d+1)``: the bottom grid
+    is ``H'/2^d``, the top grid ``H'/2^(d+1)`` with ``d = downsample`` (default 2: 28×28 padded to
+    32×32, an 8×8 bottom and a 4×4 top grid; the top is always one ×2 stage below the bottom, as
+    :class:`HierarchicalPrior` assumes). ``likelihood`` sets the decoder's output channels as in
+    :class:`vqjax.nn.VQVAE` (``2C`` for ``"discretized_logistic"``).
     """
 
     def __init__(
@@ -65,7 +76,13 @@ class VQVAE2(nnx.Module):
         residual_hidden: int = 32,
         num_residual: int = 2,
         rngs: nnx.Rngs,
+        dtype: DTypeLike = jnp.float32,
+        likelihood: str = "bernoulli",
+        downsample: int = 2,
     ):
+        dt = compute_dtype(dtype)  # the networks compute in it; parameters and quantizers stay float32
+        out_channels = output_channels(in_channels, likelihood)  # checks `likelihood` before any parameter
+        self.likelihood, self.downsample = likelihood, check_downsample(downsample)
         top = VectorQuantizer(512, 64, rngs=rngs) if top is None else top
         bottom = VectorQuantizer(512, 64, rngs=rngs) if bottom is None else bottom
         for name, q in {"top": top, "bottom": bottom}.items():
@@ -79,19 +96,22 @@ class VQVAE2(nnx.Module):
         if hidden % 2:
             raise ValueError(f"`hidden` must be even; got {hidden}.")
         d = top.code_dim
-        kw = {"hidden": hidden, "residual_hidden": residual_hidden, "num_residual": num_residual, "rngs": rngs}
-        self.encoder_bottom = Encoder(in_channels, hidden, **kw)  # x -> H/4, `hidden` channels
-        self.encoder_top_down = nnx.Conv(hidden, hidden, (4, 4), 2, padding=((1, 1), (1, 1)), rngs=rngs)
-        self.encoder_top = nnx.List([ResidualBlock(hidden, residual_hidden, rngs=rngs) for _ in range(num_residual)])
-        self.encoder_top_project = nnx.Linear(hidden, d, rngs=rngs)
+        kw = {"hidden": hidden, "residual_hidden": residual_hidden, "num_residual": num_residual, "rngs": rngs,
+              "dtype": dt}
+        self.encoder_bottom = Encoder(in_channels, hidden, downsample=downsample, **kw)  # x -> H/2^d, `hidden` ch.
+        self.encoder_top_down = nnx.Conv(hidden, hidden, (4, 4), 2, padding=((1, 1), (1, 1)), dtype=dt, rngs=rngs)
+        self.encoder_top = nnx.List([ResidualBlock(hidden, residual_hidden, rngs=rngs, dtype=dt)
+                                     for _ in range(num_residual)])
+        self.encoder_top_project = nnx.Linear(hidden, d, dtype=dt, rngs=rngs)
         self.quantizer_top = top
-        self.decoder_top_in = nnx.Conv(d, hidden, (3, 3), padding="SAME", rngs=rngs)
-        self.decoder_top = nnx.List([ResidualBlock(hidden, residual_hidden, rngs=rngs) for _ in range(num_residual)])
-        self.decoder_top_up = SubpixelConvTranspose(hidden, d, rngs=rngs)  # H/8 -> H/4
-        self.bottom_project = nnx.Linear(hidden + d, d, rngs=rngs)
+        self.decoder_top_in = nnx.Conv(d, hidden, (3, 3), padding="SAME", dtype=dt, rngs=rngs)
+        self.decoder_top = nnx.List([ResidualBlock(hidden, residual_hidden, rngs=rngs, dtype=dt)
+                                     for _ in range(num_residual)])
+        self.decoder_top_up = SubpixelConvTranspose(hidden, d, rngs=rngs, dtype=dt)  # H/8 -> H/4
+        self.bottom_project = nnx.Linear(hidden + d, d, dtype=dt, rngs=rngs)
         self.quantizer_bottom = bottom
-        self.upsample_top = SubpixelConvTranspose(d, d, rngs=rngs)
-        self.decoder = Decoder(2 * d, in_channels, **kw)  # H/4 -> H
+        self.upsample_top = SubpixelConvTranspose(d, d, rngs=rngs, dtype=dt)
+        self.decoder = Decoder(2 * d, out_channels, downsample=downsample, **kw)  # H/2^d -> H
 
     @property
     def num_codes(self) -> tuple[int, int]:
@@ -101,7 +121,8 @@ class VQVAE2(nnx.Module):
     def _pad(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"`x` must be [B, H, W, C]; got shape {x.shape}.")
-        return jnp.pad(x, ((0, 0), _padding(x.shape[1]), _padding(x.shape[2]), (0, 0)))
+        m = 2 ** (self.downsample + 1)
+        return jnp.pad(x, ((0, 0), _padding(x.shape[1], m), _padding(x.shape[2], m), (0, 0)))
 
     def _top_features(self, h_b: jax.Array) -> jax.Array:
         h = self.encoder_top_down(jax.nn.relu(h_b))
@@ -117,18 +138,20 @@ class VQVAE2(nnx.Module):
 
     def _decode(self, e_t: jax.Array, e_b: jax.Array, shape: tuple[int, int]) -> jax.Array:
         logits = self.decoder(jnp.concatenate([e_b, self.upsample_top(e_t)], axis=-1))
-        (t, _), (left, _) = _padding(shape[0]), _padding(shape[1])
+        m = 2 ** (self.downsample + 1)
+        (t, _), (left, _) = _padding(shape[0], m), _padding(shape[1], m)
         return logits[:, t:t + shape[0], left:left + shape[1]]
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``x [B, H, W, C] -> (top [B, H'/8, W'/8], bottom [B, H'/4, W'/4])`` code indices."""
+        """``x [B, H, W, C] -> (top [B, H'/2^(d+1), W'/2^(d+1)], bottom [B, H'/2^d, W'/2^d])`` code indices
+        (default ``d = 2``: ``H'/8`` and ``H'/4``)."""
         h_b = self.encoder_bottom(self._pad(x))
         top = self.quantizer_top.encode(self._top_features(h_b))
         z_b = self.bottom_project(jnp.concatenate([h_b, self._decode_top(self.quantizer_top.decode(top))], -1))
         return top, self.quantizer_bottom.encode(z_b)
 
     def decode(self, top: jax.Array, bottom: jax.Array, *, image_shape: tuple[int, int] = (28, 28)) -> jax.Array:
-        """Code indices -> logits ``[B, *image_shape, C]``."""
+        """Code indices -> logits ``[B, *image_shape, C]`` (``image_shape``: the images' ``(H, W)``)."""
         e_t, e_b = self.quantizer_top.decode(top), self.quantizer_bottom.decode(bottom)
         return self._decode(e_t, e_b, image_shape)
 
@@ -157,6 +180,7 @@ class HierarchicalPrior(nnx.Module):
       num_classes: > 0 for class-conditional priors (``labels [B]``).
       hidden, num_layers: of the top prior; ``bottom_hidden``, ``bottom_layers`` of the bottom one.
       cond_hidden: channels of the conditioning stack.
+      dtype: the computation dtype of both priors and the stack (parameters stay float32).
     """
 
     def __init__(
@@ -170,17 +194,20 @@ class HierarchicalPrior(nnx.Module):
         bottom_layers: int = 8,
         cond_hidden: int = 64,
         rngs: nnx.Rngs,
+        dtype: DTypeLike = jnp.float32,
     ):
         k_top, k_bottom = num_codes
         check_positive_int(cond_hidden, "cond_hidden")
-        self.top = GatedPixelCNN(k_top, hidden=hidden, num_layers=num_layers, num_classes=num_classes, rngs=rngs)
+        dt = compute_dtype(dtype)  # of the computation; parameters stay float32
+        self.top = GatedPixelCNN(k_top, hidden=hidden, num_layers=num_layers, num_classes=num_classes, rngs=rngs,
+                                 dtype=dt)
         self.bottom = GatedPixelCNN(k_bottom, hidden=bottom_hidden, num_layers=bottom_layers,
-                                    num_classes=num_classes, cond_channels=cond_hidden, rngs=rngs)
-        self.cond_embed = nnx.Embed(k_top, cond_hidden, rngs=rngs)
-        self.cond_conv = nnx.Conv(cond_hidden, cond_hidden, (3, 3), padding="SAME", rngs=rngs)
-        self.cond_residual = nnx.List([ResidualBlock(cond_hidden, cond_hidden // 2 or 1, rngs=rngs)
+                                    num_classes=num_classes, cond_channels=cond_hidden, rngs=rngs, dtype=dt)
+        self.cond_embed = nnx.Embed(k_top, cond_hidden, dtype=dt, rngs=rngs)
+        self.cond_conv = nnx.Conv(cond_hidden, cond_hidden, (3, 3), padding="SAME", dtype=dt, rngs=rngs)
+        self.cond_residual = nnx.List([ResidualBlock(cond_hidden, cond_hidden // 2 or 1, rngs=rngs, dtype=dt)
                                        for _ in range(2)])
-        self.cond_up = SubpixelConvTranspose(cond_hidden, cond_hidden, rngs=rngs)
+        self.cond_up = SubpixelConvTranspose(cond_hidden, cond_hidden, rngs=rngs, dtype=dt)
 
     def condition(self, top: jax.Array) -> jax.Array:
         """``top [B, h, w]`` codes -> ``s [B, 2h, 2w, cond_hidden]`` for the bottom prior."""

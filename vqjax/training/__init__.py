@@ -47,16 +47,19 @@ from vqjax.training._mesh import (
     replicate,
     shard_batch,
     sweep_mesh_shape,
+    usable_cores,
     use_cpu_cores_as_devices,
 )
 from vqjax.training._metrics import MetricsWriter, read_metrics
 from vqjax.training._state import TrainState, init_train_state
 from vqjax.training._steps import (
     PLACEMENTS,
+    auto_micro_batches,
     make_eval_step,
     make_runs_eval_step,
     make_runs_train_step,
     make_train_step,
+    micro_batch_value_and_grad,
 )
 from vqjax.training._sweep import (
     Member,
@@ -94,6 +97,7 @@ __all__ = [
     "TrainState",
     "any_of",
     "apply_overrides",
+    "auto_micro_batches",
     "boolean",
     "checkpoint_manager",
     "default_cache_dir",
@@ -115,6 +119,7 @@ __all__ = [
     "make_train_step",
     "maybe_initialize_distributed",
     "member_name",
+    "micro_batch_value_and_grad",
     "nested",
     "number",
     "one_of",
@@ -136,6 +141,7 @@ __all__ = [
     "train_sweep",
     "unchecked_fields",
     "unknown_rules",
+    "usable_cores",
     "use_compilation_cache",
     "use_cpu_cores_as_devices",
     "validate",

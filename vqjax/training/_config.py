@@ -282,10 +282,15 @@ def unknown_rules(config, rules: Mapping[str, Rule]) -> list[str]:
 CONFIG_RULES: dict[str, Rule] = {
     "seed": integer(min=0),
     "cpu_devices_per_core": boolean(),
-    # "mnist", "bars" (vqjax.data.bars_source) or the name of a TFDS data set of labelled images
+    "dtype": one_of("float32", "bfloat16"),  # the networks' computation dtype (parameters stay float32)
+    # "mnist", "bars", a TFDS name ("cifar10"), "folder:PATH", "npz:PATH", "idx:PATH" (vqjax.data.get_source)
     "data.dataset": string(nonempty=True),
     "data.idx_dir": path(),
     "data.tfds_data_dir": path(),
+    "data.image_size": integer(min=0),  # 0: as stored; S: S×S
+    "data.crop": one_of("none", "center"),
+    "data.channels": one_of(0, 1, 3),  # 0: as stored
+    "data.test_fraction": number(min=0, max=1, min_open=True, max_open=True),
     "data.seed": integer(min=-1),  # -1: the run's seed
     "data.batch_size": integer(min=1),
     "data.eval_batch_size": integer(min=1),
@@ -298,4 +303,5 @@ CONFIG_RULES: dict[str, Rule] = {
     "train.eval_every": integer(min=0),  # 0: only at the end
     "train.keep_checkpoints": integer(min=1),
     "train.profile_steps": integer(min=0),  # 0: no profiler trace
+    "train.micro_batches": integer(min=0),  # 0: automatic (vqjax.training.auto_micro_batches)
 }

@@ -42,8 +42,7 @@ def check_batch_size(batch_size: int, num_devices: int, *, what: str = "devices"
 
 def sources(config, *, log=print):
     """``(train, test)`` sources of ``config.data``."""
-    kw = {"dataset": config.data.dataset, "idx_dir": config.data.get("idx_dir") or None,
-          "tfds_data_dir": config.data.get("tfds_data_dir") or None}
+    kw = data_lib.source_options(config.data)
     return (data_lib.get_source(split="train", log=log, **kw),
             data_lib.get_source(split="test", log=lambda s: None, **kw))
 
@@ -166,7 +165,9 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None, log=pr
         elif skipped:  # no checkpoint restored: start afresh, the data from its first batch
             train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=data_seed(config))
         start = int(state.step)
-        train_step = jax.jit(_steps.train_step_fn(graphdef, optimizer, task.objective), donate_argnums=0)
+        micro = micro_batches(config, task, state, mesh, log=log if is_main and start < steps else (lambda s: None))
+        train_step = jax.jit(_steps.train_step_fn(graphdef, optimizer, task.objective, micro_batches=micro),
+                             donate_argnums=0)
         eval_step = _steps.make_eval_step(graphdef, task.objective)
         writer = MetricsWriter(workdir, start, enabled=is_main)
 
@@ -226,12 +227,41 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None, log=pr
         summary = run_summary(steps=steps, start=start, latest=latest, train_seconds=train_seconds,
                               batch_size=batch_size, sources=(train_src, test_src), num_devices=mesh.size,
                               num_params=num_params, test=ev, config=config)
+        summary["micro_batches"] = micro
         if is_main:
             report(task, nnx.merge(graphdef, jax.device_get(state.params), jax.device_get(state.rest)), counts,
                    test_src, workdir, summary)
             summary["wall_seconds_this_run"] = round(time.perf_counter() - t_start, 2)
             _checkpoints.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
+
+
+def micro_batches(config, task: Task, state, mesh, *, log=print) -> int:
+    """``config.train.micro_batches``, or (0) :func:`auto_micro_batches` for a per-example task whose
+    model has no state a step changes; 1 otherwise. An explicit value > 1 that the task cannot take
+    is a ``ValueError`` naming the flag."""
+    asked = int(config.train.get("micro_batches", 0))
+    per_device = int(config.data.batch_size) // mesh.size
+    splittable = task.per_example and _steps.has_only_hyperparameter_state(state.rest)
+    if asked > 1 and not splittable:
+        why = ("its objective is not a mean of per-example terms" if not task.per_example else
+               "its model has state the objective updates (an EMA codebook or batch statistics)")
+        raise ValueError(f"`--config.train.micro_batches`={asked} cannot split this task's batch: {why}, so the "
+                         "parts' mean would not be the batch's gradient. Use 0 (automatic) or 1.")
+    if asked > 1 and per_device % asked:
+        raise ValueError(f"`--config.train.micro_batches`={asked} must divide each device's batch, "
+                         f"{per_device} (--config.data.batch_size={config.data.batch_size} over {mesh.size} devices).")
+    if asked:
+        return asked
+    if not splittable:
+        return 1
+    device = mesh.devices.flat[0]
+    threads = max(1, _mesh.usable_cores() // max(1, len(mesh.local_devices)))
+    m = _steps.auto_micro_batches(per_device, platform=device.platform, threads_per_device=threads)
+    if m > 1:
+        log(f"Each step's batch runs as {m} concurrent micro-batches of {per_device // m} per device "
+            "(the gradient is their mean; --config.train.micro_batches=1 turns this off).")
+    return m
 
 
 class _Profile:

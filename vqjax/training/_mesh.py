@@ -61,7 +61,7 @@ def use_cpu_cores_as_devices(batch_sizes: tuple[int, ...], *, max_devices: int |
     """
     if device_count_from_environment():
         return 0  # the user chose the device count
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     n = min(cores, max_devices or cores)
     while n > 1 and any(b % n for b in batch_sizes):
         n -= 1
@@ -72,6 +72,11 @@ def use_cpu_cores_as_devices(batch_sizes: tuple[int, ...], *, max_devices: int |
     if n > 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
     return n
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def device_count_from_environment() -> bool:

@@ -21,6 +21,9 @@ RESUMABLE = (
     "data.idx_dir",  # the same data may live in another folder on another machine
     "data.tfds_data_dir",
     "cpu_devices_per_core",
+    # The computation dtype: parameters, optimizer state and EMA statistics are float32 in either, so the
+    # checkpoint is the same pytree (e.g. continue a bfloat16 run from a TPU in float32 on a CPU).
+    "dtype",
 )
 
 
@@ -64,7 +67,7 @@ def check_resume_config(workdir: str, config, *, step: int, also: Iterable[str] 
     """Before resuming ``workdir`` from its checkpoint of ``step``: compare ``config`` with the saved one.
 
     A changed setting that shapes the train state or the model (anything not :func:`resumable`; the
-    task's loss weights ``also`` are) raises ``ValueError`` listing each change, and nothing is
+    task's loss weights ``also`` are; settings the saved config lacks, newer than the run, are) raises ``ValueError`` listing each change, and nothing is
     written. Allowed changes are logged and appended to ``config_changes.jsonl`` (with ``step``);
     ``config.json`` is then rewritten by the caller. Returns the changes.
     """
@@ -72,7 +75,10 @@ def check_resume_config(workdir: str, config, *, step: int, also: Iterable[str] 
     if saved is None:
         return {}
     changes = config_changes(saved, config.to_dict())
-    fixed = {k: v for k, v in changes.items() if not resumable(k, also)}
+    # A setting the saved config does not have was added to vqjax after the run started: the run
+    # resumes with its default (a new setting's default keeps the old behaviour), recorded as a change.
+    known = flatten(saved)
+    fixed = {k: v for k, v in changes.items() if not resumable(k, also) and k in known}
     if fixed:
         lines = "\n".join(f"  --config.{k}: {old!r} when it started, {new!r} now" for k, (old, new) in fixed.items())
         raise ValueError(

@@ -70,6 +70,10 @@ class Task:
         batch (e.g. a codebook fitted to encoder outputs) before training starts.
       evaluations: more passes over the test split after training, by name.
       reporters: pictures and extra summary entries after training (:data:`Reporter`).
+      per_example: the objective is a mean over the batch of per-example terms (no batch-level
+        statistic such as an MMD, no state it updates such as an EMA codebook), so the batch's
+        gradient is the mean of its parts' gradients: the loop may then split each step's batch
+        into concurrent micro-batches (``config.train.micro_batches``, on CPU by default).
     """
 
     model: Callable[[nnx.Rngs], nnx.Module]
@@ -80,6 +84,7 @@ class Task:
     init: Callable[[nnx.Module, dict, jax.Array], None] | None = None
     evaluations: Mapping[str, Evaluation] = dataclasses.field(default_factory=dict)
     reporters: Sequence[Reporter] = ()
+    per_example: bool = False
 
 
 SCHEDULES = ("constant", "cosine")
