@@ -1,21 +1,31 @@
-"""A minimal reproducer, outside vqjax, of a stalled gradient all-reduce between XLA:CPU devices.
+"""A minimal reproducer, outside vqjax, of the deadlocked gradient all-reduce between XLA:CPU devices.
 
-    python benchmarks/cpu_deadlock.py                          # 2 devices in 1 process, Eigen single-threaded
-    python benchmarks/cpu_deadlock.py --load 1                 # ... while 1 process keeps a core busy
-    python benchmarks/cpu_deadlock.py --eigen on               # 2 devices, XLA's default multi-threaded Eigen
-    python benchmarks/cpu_deadlock.py --setup 1dev             # 1 device, all cores (no collective at all)
-    python benchmarks/cpu_deadlock.py --setup 2proc            # 2 processes x 1 device on loopback, gloo
-    python benchmarks/cpu_deadlock.py --timeout 10 --steps 20000 --stall 5   # hunt for a stall
+    python benchmarks/cpu_deadlock.py                      # 2 devices, 50 steps dispatched ahead: deadlocks
+    python benchmarks/cpu_deadlock.py --sync-every 1       # ... blocking on every step: runs
+    python benchmarks/cpu_deadlock.py --pjrt-threads 4     # ... with a 4-thread PjRt pool (PJRT_NPROC=4): runs
+    python benchmarks/cpu_deadlock.py --eigen on           # XLA's multi-threaded Eigen: deadlocks all the same
+    python benchmarks/cpu_deadlock.py --setup 2dev-gloo    # gloo instead of in-process collectives: deadlocks
+    python benchmarks/cpu_deadlock.py --setup 2proc        # 2 processes x 1 device on loopback, gloo: runs
+    python benchmarks/cpu_deadlock.py --setup 1dev         # 1 device, XLA's threads, no collective: runs
+    python benchmarks/cpu_deadlock.py --load 1             # any of these while another process loads a core
+    python benchmarks/cpu_deadlock.py --timeout 20 --stall 10 --kill-on-stall   # quicker verdicts
 
-Uses only jax and numpy: a jitted data-parallel step (a small conv net as in the VQ-VAE, its loss,
-gradient and an SGD update) on a 1-D ``("data",)`` mesh; with more than one device the gradient
-mean is an all-reduce (an XLA:CPU collective). The parent process starts the worker(s)
-(``--worker``), reads one line per step from each, and calls a step *stalled* when no step ends for
-``--stall`` seconds. On a stall it prints what the threads are doing: the workers' Python frames
-(``faulthandler``, written to their stderr) and their native stacks (``gdb -batch -ex "thread apply
-all bt"``, or ``py-spy dump --native``, whichever is installed), then waits for the worker to finish
-or for XLA's collective timeout (``--timeout``, XLA's ``--xla_cpu_collective_timeout_seconds``, 40 s by
-default in XLA) to abort it. The last line is a JSON summary (images/s, the slowest steps, stalls).
+Uses only jax and numpy: a jitted data-parallel step (a small conv net shaped like the VQ-VAE's, its
+loss, gradient and an SGD update, parameters donated) on a 1-D ``("data",)`` mesh; with two devices the
+gradient mean is one all-reduce (an XLA:CPU collective). The worker dispatches steps and blocks on the
+result every ``--sync-every`` steps, as a training loop does at its log lines; a watcher thread polls each
+step's result (``is_ready``) and reports when it ends. The parent calls the run *stalled* when no step
+ends for ``--stall`` seconds, then prints what the threads are doing: the native stacks (``gdb -batch -ex
+"thread apply all bt"``, else ``py-spy dump --native``), summarised to the XLA frames, and the Python
+frames (``faulthandler``, in the worker's stderr). Unless ``--kill-on-stall``, it then waits for XLA's
+collective abort (``--timeout`` seconds; 40 s by default). The last line is a JSON summary.
+
+What it shows (jax/jaxlib 0.10.2, 2 cores; see docs/cpu-devices.md): the PjRt CPU client runs each
+device's computation on a pool of max(cores, devices) = 2 threads and lets at most 32 computations per
+device be in flight (``max_inflight_computations_per_device``). With 32 in flight, the launch of the next
+step blocks a pool thread on that limit (``xla::Semaphore::Acquire``) while the other pool thread runs one
+device's step, whose all-reduce waits forever for the other device's step: it needs a pool thread, and
+there is none. Any loop that dispatches ~32 steps ahead of 2 single-device-per-core devices deadlocks.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import time
 ABORT_MARKS = ("Termination timeout", "rendezvous", "Gloo", "gloo")  # XLA's collective abort / gloo's errors
 SETUPS = {
     "2dev": "2 devices in 1 process (jax_num_cpu_devices=2), in-process collectives",
+    "2dev-gloo": "2 devices in 1 process, jax.distributed (1 process) on loopback, gloo collectives",
     "1dev": "1 device, XLA's default threading (no collective)",
     "2proc": "2 processes x 1 device, jax.distributed on loopback, gloo collectives",
 }
@@ -59,7 +70,7 @@ def _xla_flags(args) -> str:
 def worker(args) -> None:
     import faulthandler
 
-    faulthandler.dump_traceback_later(args.stall, repeat=True, file=sys.stderr)  # Python frames when stuck
+    faulthandler.dump_traceback_later(120, file=sys.stderr)  # Python frames if start-up hangs
     os.environ["XLA_FLAGS"] = _xla_flags(args)
     if args.pjrt_threads:  # XLA's DefaultThreadPoolSize(): the PjRt client pool and the intra-op pool
         os.environ["PJRT_NPROC"] = str(args.pjrt_threads)
@@ -72,6 +83,11 @@ def worker(args) -> None:
         jax.config.update("jax_num_cpu_devices", 1)
         jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.processes,
                                    process_id=args.process_id, coordinator_bind_address=f"127.0.0.1:{args.port}")
+    elif args.setup == "2dev-gloo":
+        jax.config.update("jax_cpu_collectives_implementation", args.collectives or "gloo")
+        jax.config.update("jax_num_cpu_devices", args.devices)
+        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=1, process_id=0,
+                                   coordinator_bind_address=f"127.0.0.1:{args.port}")
     elif args.setup == "2dev":
         jax.config.update("jax_num_cpu_devices", args.devices)
         if args.collectives:
@@ -125,7 +141,7 @@ def worker(args) -> None:
 
     params, loss = step(params, batch())  # compile
     jax.block_until_ready(loss)
-    print(json.dumps({"ready": True, "devices": len(devices), "process": jax.process_index(),
+    print(json.dumps({"ready": True, "devices": jax.local_device_count(), "process": jax.process_index(),
                       "pid": os.getpid(), "xla_flags": os.environ["XLA_FLAGS"]}), flush=True)
     t_all = time.perf_counter()
     # The main thread dispatches steps and blocks every --sync-every steps (as a training loop does at its log
@@ -145,7 +161,8 @@ def worker(args) -> None:
                 time.sleep(0.002)
             pending.popleft()
             now = time.perf_counter()
-            print(f"{i} {now - t:.5f}", flush=True)
+            print(f"STEP {i} {now - t:.5f}", flush=True)
+            faulthandler.dump_traceback_later(args.stall, file=sys.stderr)  # re-armed at every finished step
             t = now
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -161,7 +178,7 @@ def worker(args) -> None:
     faulthandler.cancel_dump_traceback_later()
     print(json.dumps({"done": True, "seconds": seconds, "loss": float(np.asarray(loss.addressable_data(0)))}),
           flush=True)
-    if args.setup == "2proc":
+    if jax.distributed.is_initialized():
         jax.distributed.shutdown()
 
 
@@ -172,10 +189,12 @@ def load(seconds: float) -> None:
     """One process that keeps a core busy: a NumPy matrix-multiply loop on one thread."""
     import numpy as np
 
-    a = np.random.default_rng(0).random((256, 256))
+    rng = np.random.default_rng(0)
+    a, b = rng.random((256, 256)), rng.random((256, 256))
     end = time.time() + seconds
     while time.time() < end:
-        a = (a @ a.T) / 256.0
+        a = a @ b
+        a /= np.abs(a).max()
 
 
 def start_load(n: int, seconds: float) -> list[subprocess.Popen]:
@@ -216,13 +235,12 @@ def _frame_name(line: str) -> str:
 
 
 KEY_FRAMES = ("xla::", "tsl::BlockUntilReady", "jax::", "Eigen::ThreadPoolTempl::WorkerLoop", "PjitFunction")
-IDLE_FRAMES = ("WaitForWork", "llvm::StdThreadPool::processTasks", "blas_thread_server", "faulthandler_thread",
-               "SlowOperationAlarm::AlarmLoop")
+BUSY_FRAMES = ("Execute", "AllReduce", "Semaphore", "BlockUntilReady", "PjitFunction", "Kernel::Launch")
 
 
 def summarize_stacks(text: str) -> str:
-    """gdb's ``thread apply all bt``, short: per busy thread, its XLA/JAX frames innermost first (no addresses,
-    arguments or templates); idle pool workers (waiting for work) are counted, not listed."""
+    """gdb's ``thread apply all bt``, short: per thread executing, launching or waiting for a computation, its
+    XLA/JAX frames innermost first (no addresses, arguments or templates); the other threads are counted."""
     threads, current = [], None
     for line in text.splitlines():
         if line.startswith("Thread "):
@@ -232,13 +250,13 @@ def summarize_stacks(text: str) -> str:
             current[1].append(_frame_name(line))
     out, idle = [], 0
     for head, frames in threads:
-        if any(f.endswith(i) or i in f for f in frames for i in IDLE_FRAMES):
+        if not any(b in f for f in frames for b in BUSY_FRAMES):
             idle += 1
             continue
         key = [f for f in frames if f.startswith(KEY_FRAMES) and "internal_any_invocable" not in f]
         key = [f for i, f in enumerate(key) if i == 0 or f != key[i - 1]]
         out.append(f"{head}: " + " <- ".join(key[:9] or frames[:6]))
-    out.append(f"(+ {idle} idle threads: pool workers waiting for work, LLVM, OpenBLAS, faulthandler, XLA's alarm)")
+    out.append(f"(+ {idle} other threads: idle pool workers, LLVM, OpenBLAS, gRPC/coordination, faulthandler, ...)")
     return "\n".join(out)
 
 
@@ -255,9 +273,9 @@ def monitor(args) -> dict:
     n_proc = args.processes if args.setup == "2proc" else 1
     port = _free_port()
     base = [sys.executable, os.path.abspath(__file__), "--worker", "--setup", args.setup, "--steps", str(args.steps),
-            "--batch", str(args.batch), "--sync-every", str(args.sync_every), "--hidden", str(args.hidden), "--eigen", args.eigen,
-            "--stall", str(args.stall), "--timeout", str(args.timeout), "--devices", str(args.devices),
-            "--processes", str(n_proc), "--port", str(port)]
+            "--batch", str(args.batch), "--sync-every", str(args.sync_every), "--hidden", str(args.hidden),
+            "--eigen", args.eigen, "--stall", str(args.stall), "--timeout", str(args.timeout),
+            "--devices", str(args.devices), "--processes", str(n_proc), "--port", str(port)]
     if args.collectives:
         base += ["--collectives", args.collectives]
     if args.no_async_dispatch:
@@ -282,7 +300,7 @@ def monitor(args) -> dict:
             line = line.strip()
             with lock:
                 state["last"] = time.monotonic()
-                if line.startswith("{"):
+                if line.startswith(('{"ready"', '{"done"')):
                     msg = json.loads(line)
                     if msg.get("ready"):
                         state["ready"][i] = True
@@ -290,8 +308,8 @@ def monitor(args) -> dict:
                         state["devices"] = msg["devices"]
                     if msg.get("done"):
                         state["done"][i] = msg
-                elif line:
-                    done, seconds = line.split()
+                elif line.startswith("STEP "):
+                    _, done, seconds = line.split()
                     state["times"][i].append(float(seconds))
                     state["steps"][i] = int(done)
 
@@ -377,19 +395,22 @@ def main() -> None:
     parser.add_argument("--setup", choices=list(SETUPS), default="2dev")
     parser.add_argument("--devices", type=int, default=2, help="devices of the 2dev setup")
     parser.add_argument("--processes", type=int, default=2, help="processes of the 2proc setup")
-    parser.add_argument("--eigen", choices=["off", "on", "default"], default="off",
-                        help="--xla_cpu_multi_thread_eigen (off: what vqjax sets with one device per core)")
+    parser.add_argument("--eigen", choices=["off", "on", "default"], default=None,
+                        help="--xla_cpu_multi_thread_eigen (default: off with one device per core, as vqjax sets it; "
+                             "XLA's own default with --setup 1dev)")
     parser.add_argument("--collectives", choices=["gloo", "mpi"], default=None,
                         help="jax_cpu_collectives_implementation (default: JAX's choice for the setup)")
     parser.add_argument("--no-async-dispatch", action="store_true",
                         help="jax_cpu_enable_async_dispatch=False: each step's launch waits for the step to finish")
     parser.add_argument("--pjrt-threads", type=int, default=0,
                         help="PJRT_NPROC: threads of XLA's PjRt CPU client pool (default: the usable cores)")
-    parser.add_argument("--timeout", type=int, default=0, help="--xla_cpu_collective_timeout_seconds (0: XLA's)")
+    parser.add_argument("--timeout", type=int, default=0,
+                        help="seconds before XLA aborts a stuck collective (--xla_cpu_collective_timeout_seconds and "
+                             "--xla_cpu_collective_call_terminate_timeout_seconds; 0: XLA's 40 s)")
     parser.add_argument("--xla-flag", action="append", default=[], help="another XLA flag, e.g. --xla-flag=--xla_...")
     parser.add_argument("--load", type=int, default=0, help="competing load processes (a NumPy matmul loop each)")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--sync-every", type=int, default=1,
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--sync-every", type=int, default=50,
                         help="block on the result every N steps (1: every step; vqjax's loop syncs at each log line, "
                              "so it dispatches up to log_every steps ahead)")
     parser.add_argument("--batch", type=int, default=128)
@@ -403,6 +424,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--load-worker", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.eigen is None:
+        args.eigen = "default" if args.setup == "1dev" else "off"
     if args.load_worker is not None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         return load(args.load_worker)

@@ -8,10 +8,11 @@ Batch 128 of 28×28×1 images, uniform in [0, 1]; the default model of ``experim
 likelihood), built here from ``vqjax`` (``MODEL``, ``OPTIMIZER``). Variants, each in its own subprocess:
 
 * vqjax: ``vqjax.training.make_train_step`` on that model and the experiment's objective (jitted, donated),
-  three ways: as the experiments run it by default — one XLA:CPU device, each step's batch split into
-  ``training.auto_micro_batches`` concurrent micro-batches (8 of 16 on 2 cores), no collectives; the same
-  device without the split (``--config.train.micro_batches=1``); and one single-threaded device per core
-  with the batch sharded over them and a gradient all-reduce (the opt-in ``--config.cpu_devices_per_core=True``).
+  three ways: as the experiments run it by default on a CPU host — one XLA:CPU device, each step's batch
+  split into ``training.auto_micro_batches`` concurrent micro-batches (8 of 16 on 2 cores), no collective;
+  one single-threaded device per core, the batch sharded over them with a gradient all-reduce, each
+  device's share in concurrent micro-batches (4 of 16; the opt-in ``--config.cpu_devices_per_core=True``);
+  and one device, the batch unsplit (``--config.train.micro_batches=1``, the default before).
 * PyTorch + vector-quantize-pytorch ``VectorQuantize(dim=64, codebook_size=512, commitment_weight=0.25)``
   with its defaults (EMA codebook, rotation trick).
 * PyTorch + a plain VQ (the paper's): codebook ``nn.Embedding`` uniform in ±1/K, nearest code from
@@ -38,8 +39,8 @@ WARMUP_STEPS = 5
 
 VARIANTS = {
     "vqjax": "vqjax as the experiments run it: one CPU device, concurrent micro-batches (default)",
-    "vqjax_unsplit": "vqjax, one CPU device, the batch unsplit (micro_batches=1)",
-    "vqjax_per_core": "vqjax, one CPU device per core, data-parallel all-reduce (opt-in cpu_devices_per_core)",
+    "vqjax_per_core": "vqjax, a CPU device per core, data-parallel, micro-batches (opt-in cpu_devices_per_core)",
+    "vqjax_unsplit": "vqjax, one CPU device, the batch unsplit (micro_batches=1; the default before)",
     "torch_vqp": "PyTorch + vector-quantize-pytorch VectorQuantize (EMA, rotation_trick on)",
     "torch_plain": "PyTorch + plain VQ (paper's)",
 }
@@ -238,7 +239,7 @@ def setup_torch(quantizer: str):
 def run_worker(variant: str, timings: int, steps: int, warmup: int = WARMUP_STEPS) -> dict:
     if variant.startswith("vqjax"):
         run_steps, num_params, extra = setup_vqjax(per_core=variant == "vqjax_per_core",
-                                                   split=variant == "vqjax")
+                                                   split=variant != "vqjax_unsplit")
     else:
         run_steps, num_params, extra = setup_torch(variant.removeprefix("torch_"))
     times = time_steps(run_steps, timings=timings, steps=steps, warmup=warmup)
@@ -312,13 +313,13 @@ def main(argv=None) -> None:
         "Parameters: no comparison (" + "; ".join(f"{v}: {_common.not_run(results[v])}" for v in ("vqjax", "torch_plain")
                                                   if _common.not_run(results[v])) + ").",
         "vqjax speedup = vqjax images/s ÷ the row's images/s (above 1×: vqjax is faster).",
-        (f"PyTorch: torch.set_num_threads({TORCH_THREADS}); vqjax: one XLA:CPU device using XLA's intra-op "
+        (f"PyTorch: torch.set_num_threads({TORCH_THREADS}); vqjax: one XLA:CPU device with XLA's intra-op "
         f"thread pool, its batch as {results['vqjax'].get('micro_batches')} concurrent micro-batches (the "
-        "experiments' default) or unsplit, and "
-        f"{results['vqjax_per_core'].get('devices')} single-threaded XLA:CPU devices, one per core, the batch "
-        "sharded over them (--config.cpu_devices_per_core=True). The vqjax speedup column compares the "
-        "default (first row) with each row. The vqjax step also computes its logged metrics (code usage, "
-        "perplexity, MSE, gradient norm)."),
+        f"experiments' default) or unsplit; {results['vqjax_per_core'].get('devices')} single-threaded XLA:CPU "
+        "devices, one per core, the batch sharded over them, each device's share as "
+        f"{results['vqjax_per_core'].get('micro_batches')} concurrent micro-batches (--config.cpu_devices_per_core"
+        "=True). The vqjax speedup column compares the default (first row) with each row. The vqjax step also "
+        "computes its logged metrics (code usage, perplexity, MSE, gradient norm)."),
         ("Losses: BCE-with-logits summed per image, mean over the batch, + codebook + 0.25 · commitment "
         "(summed per image) for vqjax and the plain VQ; vector-quantize-pytorch adds its own commitment "
         "loss (per-element mean × 0.25) and learns the codebook by EMA."),

@@ -83,7 +83,8 @@ def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> 
 def build_model(config: ml_collections.ConfigDict, rngs) -> VIBClassifier:
     m = config.model
     dtype = jnp.dtype(config.dtype)
-    enc = MLPEncoder((28, 28, 1), m.latents, hidden=tuple(m.hidden), rngs=rngs, dtype=dtype)
+    enc = MLPEncoder(_program.image_shape(config), m.latents, hidden=tuple(m.hidden), rngs=rngs,  # the data's
+                     dtype=dtype)
     return VIBClassifier(enc, latents=m.latents, num_classes=m.num_classes, rngs=rngs, dtype=dtype)
 
 

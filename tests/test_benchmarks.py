@@ -63,10 +63,10 @@ def test_variant_benchmarks(tmp_path, script, numbers):
     for name, label in module.VARIANTS.items():
         assert label in stdout
         _check_row(payload["results"][name], module.REQUIRES.get(name, ()), numbers, stdout)
-    if script == "train_step":  # the three vqjax rows: the same tiny model, split, unsplit, one device per core
+    if script == "train_step":  # the three vqjax rows: the same tiny model, one device split, per core, unsplit
         r = payload["results"]
         assert payload["batch"] == 16
-        assert r["vqjax"]["num_params"] == r["vqjax_unsplit"]["num_params"] == r["vqjax_per_core"]["num_params"]
+        assert r["vqjax"]["num_params"] == r["vqjax_per_core"]["num_params"] == r["vqjax_unsplit"]["num_params"]
         assert r["vqjax"]["devices"] == r["vqjax_unsplit"]["devices"] == 1 and r["vqjax_per_core"]["devices"] >= 1
         assert r["vqjax_unsplit"]["micro_batches"] == 1 and r["vqjax"]["micro_batches"] >= 1
 
@@ -144,3 +144,28 @@ def test_memory_benchmark(tmp_path):
         small, large = (r["devices"][f"{c}GiB"] for c in memory.CAPACITIES_GIB)
         assert 0 < small["max_batch"] < large["max_batch"]
         assert 0 < small["runs_at_default_batch"] < large["runs_at_default_batch"]
+
+
+def test_precision_benchmark(tmp_path):
+    """Both dtypes of the tiny VQ-VAE (and the float32 seed reference) train; their logged losses and
+    test metrics are compared."""
+    payload, stdout = _run("precision", tmp_path, header=("| step | float32 | bfloat16 | relative gap |",))
+    assert payload["quick"] and list(payload["runs"]) == ["float32", "bfloat16", "float32_seed1"]
+    for run in payload["runs"].values():
+        assert "error" not in run, run["error"]
+        assert list(run["curve"]) == ["2", "4"] and run["images_per_sec"] > 0
+    assert set(payload["relative_gap"]) == set(payload["seed_to_seed_gap"]) == {"2", "4"}
+    assert all(0 <= g < 0.05 for g in payload["relative_gap"].values())  # 4 steps from the same start
+    assert "| perplexity |" in stdout
+
+
+def test_stress_cpu_benchmark(tmp_path):
+    """The stress harness: 2 tiny training runs of 20 steps under one load process, each with its row."""
+    stress = _bench_module("stress_cpu")
+    payload, stdout = _run("stress_cpu", tmp_path, header=("| run |",))
+    assert payload["quick"] and payload["runs"] == stress.QUICK_RUNS and payload["steps"] == stress.QUICK_STEPS
+    assert [r["run"] for r in payload["results"]] == list(range(1, stress.QUICK_RUNS + 1))
+    for r in payload["results"]:
+        assert not r["stalled"], r
+        assert r["steps"] == stress.QUICK_STEPS and r["wall_s"] > 0 and r["images_per_s"] > 0
+    assert payload["stalls"] == 0 and f"stalls: 0 of {stress.QUICK_RUNS} runs" in stdout

@@ -64,9 +64,13 @@ def _check_decoder_channels(logits: jax.Array, x: jax.Array, likelihood: str) ->
             f"(e.g. VQVAE(..., likelihood={likelihood!r})).")
 
 
-def _image_quality(mean: jax.Array, x: jax.Array, w: jax.Array) -> dict:
+def _image_quality(mean: jax.Array, x: jax.Array, w: jax.Array, weights: jax.Array | None) -> dict:
     """Per image: ``psnr`` (dB) and ``ssim`` (:mod:`vqjax.evaluation`, images of at least 11×11 pixels) of
-    the mean reconstruction clipped to [0, 1] against ``x [B, H, W, C]`` in [0, 1]; 0 on padded rows."""
+    the mean reconstruction clipped to [0, 1] against ``x [B, H, W, C]`` in [0, 1]; 0 on padded rows.
+    Evaluation only (``weights`` given, as :func:`vqjax.training.evaluate` always does): a training
+    step does not spend its time on them."""
+    if weights is None:
+        return {}
     mean = jnp.clip(jax.lax.stop_gradient(mean), 0.0, 1.0)
     out = {"psnr": psnr(mean, x)}
     if min(x.shape[1:3]) >= 11:  # SSIM's 11×11 window must fit
@@ -98,7 +102,7 @@ def _vq_loss_terms(out, x: jax.Array, *, beta: float, likelihood: str, variance:
     commitment = beta * out.commitment_loss
     per_example = {"loss": reconstruction + out.codebook_loss + commitment, "reconstruction": reconstruction,
                    "codebook": out.codebook_loss, "commitment": commitment, "mse": mse,
-                   **_image_quality(mean, x, w)}
+                   **_image_quality(mean, x, w, weights)}
     if likelihood == "discretized_logistic":  # a probability mass: -log p(x|z_q) in bits per dimension
         per_example["bits_per_dim"] = losses.bits_per_dim(reconstruction, x.shape[1] * x.shape[2] * x.shape[3])
     metrics = _report(per_example, w, total_w)
@@ -111,7 +115,7 @@ def vqvae_objective(
     batch: dict,
     *,
     beta: float = 0.25,
-    likelihood: str = "bernoulli",
+    likelihood: str | None = None,
     variance: float = 0.5,
     key: jax.Array | None = None,
     weights: jax.Array | None = None,
@@ -128,7 +132,8 @@ def vqvae_objective(
       beta: commitment cost β.
       likelihood: ``"bernoulli"`` (logits), ``"gaussian"`` (mean, fixed ``variance``) or
         ``"discretized_logistic"`` (8-bit images as ``k / 255``; a decoder of ``2C`` channels, built
-        with ``VQVAE(likelihood="discretized_logistic")``: :func:`vqjax.losses.discretized_logistic_log_likelihood`).
+        with ``VQVAE(likelihood="discretized_logistic")``: :func:`vqjax.losses.discretized_logistic_log_likelihood`);
+        None (default): the model's own ``likelihood`` (Bernoulli for a model without one).
       key: draws the dead-code restarts of an EMA quantizer in training mode.
       weights: optional ``[B]`` 0/1 mask for padded evaluation batches.
 
@@ -142,6 +147,7 @@ def vqvae_objective(
       totals, ``weight`` and ``counts`` (``[K]``, or ``[S, K]`` per stage of residual VQ).
     """
     out = model(batch["image"], key=key)
+    likelihood = getattr(model, "likelihood", "bernoulli") if likelihood is None else likelihood
     metrics, w = _vq_loss_terms(out, batch["image"], beta=beta, likelihood=likelihood, variance=variance,
                                 weights=weights)
     num_codes = model.num_codes
@@ -163,7 +169,7 @@ def vqvae2_objective(
     batch: dict,
     *,
     beta: float = 0.25,
-    likelihood: str = "bernoulli",
+    likelihood: str | None = None,
     variance: float = 0.5,
     key: jax.Array | None = None,
     weights: jax.Array | None = None,
@@ -177,6 +183,7 @@ def vqvae2_objective(
     :func:`vqjax.training.evaluate` sums over a data set).
     """
     out = model(batch["image"], key=key)
+    likelihood = getattr(model, "likelihood", "bernoulli") if likelihood is None else likelihood
     metrics, w = _vq_loss_terms(out, batch["image"], beta=beta, likelihood=likelihood, variance=variance,
                                 weights=weights)
     for name, idx, k in (("top", out.top_indices, model.num_codes[0]), ("bottom", out.bottom_indices,
@@ -323,7 +330,7 @@ def vae_objective(
     per_example.update(loss=terms.loss, distortion=terms.distortion, rate=terms.rate)
     image = batch["image"]
     if image.ndim == 4:  # [B, H, W, C] images
-        per_example.update(_image_quality(model.mean_image(out.logits), image, w))
+        per_example.update(_image_quality(model.mean_image(out.logits), image, w, weights))
         if model.likelihood == "discretized_logistic":  # a probability mass: the bound in bits per dimension
             per_example["bits_per_dim"] = losses.bits_per_dim(-per_example["elbo"], math.prod(image.shape[1:]))
     metrics = _report(per_example, w, total_w)

@@ -7,7 +7,8 @@ Blocks and their fields (every one is a flag: ``--config.train.steps=500``):
 
 - ``seed`` (an int >= 0): initialisation and the randomness of training (binarization, sampling, restarts).
 - ``cpu_devices_per_core``: on a CPU host, one XLA device per core (see
-  :func:`vqjax.training.use_cpu_cores_as_devices`); off by default.
+  :func:`vqjax.training.use_cpu_cores_as_devices`); off by default: one device whose steps split the
+  batch into concurrent micro-batches (``train.micro_batches``) is as fast, with no collective.
 - ``dtype`` (``"float32"`` or ``"bfloat16"``): the networks' computation dtype; parameters, optimizer
   state and the quantizers (distances, EMA statistics, rounding, indices) and losses stay float32.
 - ``data``: ``dataset`` (``mnist``, ``bars``, a TFDS name such as ``cifar10``, ``folder:PATH``,
@@ -76,8 +77,8 @@ def base_config(*, data: dict | None = None, optimizer: dict | None = None, trai
     """``seed``, ``cpu_devices_per_core`` and the ``data``, ``optimizer`` and ``train`` blocks."""
     c = ml_collections.ConfigDict()
     c.seed = seed
-    # On a CPU host, True exposes one XLA device per core and trains data-parallel over them, but
-    # XLA:CPU can deadlock in the gradient all-reduce (see vqjax.training.use_cpu_cores_as_devices).
+    # On a CPU host, True exposes one XLA device per core and trains data-parallel over them (its
+    # all-reduce's deadlock is guarded: vqjax.training.use_cpu_cores_as_devices, docs/cpu-devices.md).
     c.cpu_devices_per_core = False
     c.dtype = "float32"  # the networks' computation dtype ("bfloat16": mixed precision); parameters stay float32
     c.data = data_config(**(data or {}))

@@ -6,9 +6,9 @@ from vqjax.nn._pixelcnn import GatedLayer, GatedPixelCNN
 from vqjax.nn._quantizers import (
     QUANTIZERS,
     CodebookStatistic,
-    Hyperparameter,
     EMAVectorQuantizer,
     FiniteScalarQuantizer,
+    Hyperparameter,
     QuantizerOutput,
     ResidualVectorQuantizer,
     VectorQuantizer,

@@ -4,8 +4,8 @@ Every network module takes a keyword-only ``dtype`` (default float32): the dtype
 and matrix products run in. It is passed to ``nnx.Conv``/``nnx.Linear``/``nnx.Embed`` as their
 ``dtype`` with ``param_dtype`` left at float32, so parameters, their gradients and the optimizer
 state stay float32 and each layer casts its input (the image, for the first one) and its weights
-to ``dtype``. ``dtype=jnp.bfloat16`` is mixed precision on GPU/TPU (on CPU bfloat16 is emulated and
-slower than float32).
+to ``dtype``. ``dtype=jnp.bfloat16`` is mixed precision for GPUs and TPUs; a CPU without bfloat16
+instructions emulates it (slower than float32).
 
 The quantizer modules take no ``dtype``: whatever the dtype of their input, distances, nearest
 codes, EMA statistics, FSQ and scalar rounding, code indices and their losses are float32, and

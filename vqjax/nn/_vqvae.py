@@ -145,7 +145,7 @@ class VQVAE(nnx.Module):
     ``downsample`` stride-2 stages each way (2: MNIST 28×28 to a 7×7 grid, CIFAR-10 32×32 to 8×8).
     ``likelihood`` sets the decoder's output (:mod:`vqjax.nn._images`): ``C`` channels for
     ``"bernoulli"`` (logits) and ``"gaussian"`` (the mean), ``2C`` for ``"discretized_logistic"``
-    (location and log-scale per pixel); the objective must be given the same likelihood.
+    (location and log-scale per pixel); :func:`vqjax.objectives.vqvae_objective` reads it from the model.
     """
 
     def __init__(

@@ -106,6 +106,13 @@ def mean_metrics(pending: list[dict]) -> dict:
     return {k: np.mean(np.stack([np.asarray(m[k]) for m in pending]), axis=0) for k in pending[0]}
 
 
+# Steps dispatched but not finished, at most. XLA's CPU client lets 32 computations per device queue up
+# and runs them on a pool of one thread per device: with several CPU devices and a collective, a host
+# 32 steps ahead starves the pool and the all-reduce deadlocks (docs/cpu-devices.md). A few steps in
+# flight keep any device busy.
+MAX_STEPS_IN_FLIGHT = 8
+
+
 def scalars(metrics: dict, ndim: int = 0) -> dict:
     """The metrics worth a log line: no ``sum/`` or ``counts`` entries, ``ndim``-dimensional values."""
     return {k: v for k, v in metrics.items() if "/" not in k and jnp.ndim(v) == ndim}
@@ -186,6 +193,8 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None, log=pr
             profile.after(step, state)
             n_interval += 1
             pending.append(scalars(metrics))
+            if len(pending) > MAX_STEPS_IN_FLIGHT:  # the host never runs far ahead of the devices
+                jax.block_until_ready(pending[-1 - MAX_STEPS_IN_FLIGHT]["loss"])
             bar.update(1)
             if step % log_every == 0 or step % ckpt_every == 0 or step == steps:
                 mean = {k: float(v) for k, v in mean_metrics(pending).items()}

@@ -50,10 +50,13 @@ def use_cpu_cores_as_devices(batch_sizes: tuple[int, ...], *, max_devices: int |
     every batch size. Only the CPU backend is affected (GPU/TPU runs are unchanged), and it must
     be called before JAX's first computation; afterwards it does nothing and returns 0.
 
-    Use with care: XLA:CPU still runs some kernels (matrix multiplies) on its shared Eigen pool and
-    runs a collective's continuation on a pool thread, so one device can block the thread the other
-    needs and the gradient all-reduce deadlocks (XLA aborts after 40 s). Sweeps that place one run
-    per device need no all-reduce and are not exposed to this.
+    The gradient all-reduce between these devices can deadlock (XLA aborts after 40 s): XLA's CPU
+    client runs the devices' computations on a pool of ``max(cores, devices)`` threads and queues
+    up to 32 per device, so a host that runs far ahead fills the pool with one device's steps while
+    the other device's half of the all-reduce waits for a thread (docs/cpu-devices.md,
+    ``benchmarks/cpu_deadlock.py`` reproduces it). Two guards: this sets ``PJRT_NPROC`` to 2 threads
+    per device (unless set), and :func:`vqjax.training.train_and_evaluate` keeps at most
+    ``MAX_STEPS_IN_FLIGHT`` steps queued. Sweeps that place one run per device need no all-reduce.
 
     Returns:
       The number of CPU devices configured, or 0 if JAX had already started or the environment sets the
@@ -71,6 +74,8 @@ def use_cpu_cores_as_devices(batch_sizes: tuple[int, ...], *, max_devices: int |
         return 0
     if n > 1 and "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+    if n > 1:  # a client pool of 2 threads per device: a device waiting in the all-reduce never starves another
+        os.environ.setdefault("PJRT_NPROC", str(2 * n))
     return n
 
 

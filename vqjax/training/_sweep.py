@@ -141,7 +141,7 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
     # Pad the group to a multiple of the runs axis with copies of its last run (not reported).
     padded = list(members) + [members[-1]] * (-len(members) % runs_axis)
     tasks += [tasks[-1]] * (len(padded) - len(members))
-    quiet = lambda s: None  # noqa: E731
+    quiet = lambda s: None
     train_src, test_src = sources(config, log=log if is_main else quiet)
     # Every process reads the whole batch: the runs axis may span processes.
     train_iter = data_lib.make_pipeline(train_src, batch_size=batch_size, seed=data_seed(config),
