@@ -67,13 +67,42 @@ def _table_steps(steps: list[int], rows: int = 8) -> list[int]:
     return sorted(picks)
 
 
+def plot(runs: dict, path: str) -> None:
+    """The training-loss and reconstruction curves of the three runs, one panel each, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    labels = {"float32": "float32", "bfloat16": "bfloat16", "float32_seed1": "float32, seed 1"}
+    for ax, key, title in zip(axes, ("curve", "reconstruction_curve"), ("training loss", "−log p(x|z_q)")):
+        for name, run in runs.items():
+            steps = sorted(int(s) for s in run[key])
+            ax.plot(steps, [run[key][str(s)] if str(s) in run[key] else run[key][s] for s in steps],
+                    label=labels.get(name, name), lw=1.5, ls="--" if name == "float32_seed1" else "-")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"{title} (nats per image, mean over each logged interval)", fontsize=9)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2000, help="training steps per dtype (default: the experiment's)")
     parser.add_argument("--log_every", type=int, default=50, help="steps per logged (mean) training loss")
     parser.add_argument("--quick", action="store_true", help="tiny model, 4 steps: a smoke test")
     parser.add_argument("--out", default=None, help="JSON path (default: results/precision[-quick].json)")
+    parser.add_argument("--plot", default=None, help="also draw the curves into this PNG")
+    parser.add_argument("--replot", default=None, metavar="JSON",
+                        help="only draw the curves of an earlier run's JSON into --plot, no training")
     args = parser.parse_args()
+    if args.replot:
+        with open(args.replot) as f:
+            plot(json.load(f)["runs"], args.plot or "precision_curves.png")
+        return
     steps, log_every = (4, 2) if args.quick else (args.steps, args.log_every)
     extra = TINY if args.quick else []
     env = _common.environment()
@@ -123,6 +152,8 @@ def main() -> None:
                              "seed_to_seed_gap": {str(s): g for s, g in seed_gaps.items()},
                              "reconstruction_gap": {str(s): g for s, g in rec_gaps.items()},
                              "reconstruction_seed_to_seed_gap": {str(s): g for s, g in rec_seed.items()}})
+    if args.plot and not errors:
+        plot(runs, args.plot)
     if errors:
         raise SystemExit(1)
 
