@@ -11,6 +11,7 @@ import optax
 from flax import nnx
 
 from vqjax.nn import Hyperparameter
+from vqjax.quantizers import perplexity
 from vqjax.training._mesh import RUNS_AXIS
 from vqjax.training._state import TrainState, eval_key, step_key
 
@@ -136,11 +137,6 @@ def micro_batch_value_and_grad(loss_fn: Callable, params, batch: Any, key: jax.A
     return loss, combine_micro_batch_metrics([o[0][1][0] for o in outs]), grads
 
 
-def _perplexity(counts: jax.Array) -> jax.Array:
-    p = counts / jnp.maximum(jnp.sum(counts, -1, keepdims=True), 1)
-    return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1)), 0.0), -1))
-
-
 def combine_micro_batch_metrics(parts: list[dict]) -> dict:
     """The metrics of one batch from those of its equal parts (:func:`micro_batch_value_and_grad`)."""
     out = {}
@@ -150,12 +146,12 @@ def combine_micro_batch_metrics(parts: list[dict]) -> dict:
         out[k] = total if k.startswith(("sum/", "counts")) or k == "weight" else total / len(parts)
     if "counts" in out and {"perplexity", "used_fraction", "dead_codes"} & out.keys():
         counts = out["counts"]  # [K], or [S, K] for residual VQ: means over the stages, dead codes summed
-        out.update(perplexity=jnp.mean(_perplexity(counts)), used_fraction=jnp.mean(counts > 0),
+        out.update(perplexity=jnp.mean(perplexity(counts)), used_fraction=jnp.mean(counts > 0),
                    dead_codes=jnp.sum(counts == 0).astype(jnp.float32))
     for k in [k for k in out if k.startswith("counts_")]:
         name = k[len("counts_"):]
         if f"perplexity_{name}" in out:
-            out[f"perplexity_{name}"] = _perplexity(out[k])
+            out[f"perplexity_{name}"] = perplexity(out[k])
         if f"used_{name}" in out:
             out[f"used_{name}"] = jnp.mean(out[k] > 0)
     return {k: out[k] for k in parts[0]}
