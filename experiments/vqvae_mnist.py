@@ -46,20 +46,30 @@ def quantizer_config() -> ml_collections.ConfigDict:
     - ``codebook`` (``vq``, ``ema``, ``residual``): ``num_codes`` K (per stage), ``code_dim`` D,
       ``cosine`` (l2-normalised codes and encoder outputs; vq, ema), ``init`` (``"uniform"``:
       U(-1/K, 1/K) as in the paper; ``"lloyd"``: generalized Lloyd with a k-means++ start on the
-      encoder outputs of a first training batch).
+      encoder outputs of a first training batch), ``rotation_trick`` (the encoder's gradient through
+      the rotation trick of Fifty et al., 2024, instead of straight-through; off as in the paper).
     - ``ema`` (``ema``; ``residual`` with ``residual.ema``): EMA decay γ, Laplace smoothing ε, and
       ``dead_code_threshold`` (re-seed codes used fewer times per batch; 0: off).
     - ``fsq`` (``fsq``): ``levels`` per channel, ``lloyd_max`` levels, ``range_loss`` (β·Σ max(|z| - 2, 0)²).
     - ``residual`` (``residual``): ``num_stages`` codebooks, ``ema`` codebooks or not.
+    - ``lookup_free`` (``lfq``, ``bsq``): ``bits`` binary channels (2^bits implicit codes), the entropy
+      loss's ``entropy_weight``, ``diversity_weight`` (γ), ``temperature`` τ and ``sample_fraction``.
+    - ``factorized`` (``factorized``): ``code_dim_low``, the dimension of the cosine lookup; ``simvq`` and
+      ``factorized`` use ``codebook.num_codes`` and ``codebook.code_dim``.
     """
     return ml_collections.ConfigDict({
         # "vq": the paper's codebook loss; "ema": EMA cluster means (appendix A.1); "fsq": finite scalar
-        # quantization (no codebook); "residual": residual VQ with residual.num_stages codebooks.
+        # quantization (no codebook); "residual": residual VQ with residual.num_stages codebooks; "lfq", "bsq":
+        # lookup-free and binary spherical quantization; "simvq": a frozen random codebook times a learned
+        # linear map; "factorized": ViT-VQGAN's low-dimensional cosine codes.
         "kind": "vq",
-        "codebook": {"num_codes": 512, "code_dim": 64, "cosine": False, "init": "uniform"},
+        "codebook": {"num_codes": 512, "code_dim": 64, "cosine": False, "init": "uniform", "rotation_trick": False},
         "ema": {"decay": 0.99, "eps": 1e-5, "dead_code_threshold": 0.0},
         "fsq": {"levels": (8, 8, 8), "lloyd_max": False, "range_loss": False},
         "residual": {"num_stages": 4, "ema": False},
+        "lookup_free": {"bits": 9, "entropy_weight": 0.1, "diversity_weight": 1.0, "temperature": 0.01,
+                        "sample_fraction": 1.0},
+        "factorized": {"code_dim_low": 8},
     })
 
 
@@ -132,6 +142,7 @@ QUANTIZER_RULES = {
     "codebook.code_dim": training.integer(min=1),
     "codebook.cosine": training.boolean(),
     "codebook.init": training.one_of(*CODEBOOK_INITS),
+    "codebook.rotation_trick": training.boolean(),
     "ema.decay": training.number(min=0, max=1, max_open=True),  # γ in [0, 1)
     "ema.eps": training.number(min=0, min_open=True),  # Laplace smoothing ε > 0
     "ema.dead_code_threshold": training.number(min=0),  # 0: no restarts
@@ -140,6 +151,12 @@ QUANTIZER_RULES = {
     "fsq.range_loss": training.boolean(),
     "residual.num_stages": training.integer(min=1),
     "residual.ema": training.boolean(),
+    "lookup_free.bits": training.integer(min=1, max=16),  # 2^bits codes counted per step: at most 65,536
+    "lookup_free.entropy_weight": training.number(min=0),
+    "lookup_free.diversity_weight": training.number(min=0),
+    "lookup_free.temperature": training.number(min=0, min_open=True),
+    "lookup_free.sample_fraction": training.number(min=0, max=1, min_open=True),
+    "factorized.code_dim_low": training.integer(min=1),
 }
 
 # Every field of get_config(): the shared blocks, the model and its quantizer.
@@ -185,9 +202,11 @@ def make_model(config: ml_collections.ConfigDict, rngs, image_shape: tuple[int, 
     image_shape = _program.image_shape(config) if image_shape is None else image_shape
     quantizer = make_quantizer(
         q.kind, num_codes=q.codebook.num_codes, code_dim=q.codebook.code_dim, cosine=q.codebook.cosine,
+        rotation_trick=q.codebook.get("rotation_trick", False),
         decay=q.ema.decay, eps=q.ema.eps, dead_code_threshold=q.ema.dead_code_threshold,
         fsq_levels=tuple(q.fsq.levels), lloyd_max=q.fsq.lloyd_max, fsq_range_loss=q.fsq.range_loss,
-        num_stages=q.residual.num_stages, residual_ema=q.residual.ema, rngs=rngs)
+        num_stages=q.residual.num_stages, residual_ema=q.residual.ema,
+        **({**q.lookup_free, "code_dim_low": q.factorized.code_dim_low} if "lookup_free" in q else {}), rngs=rngs)
     return VQVAE(in_channels=image_shape[-1], hidden=m.hidden, residual_hidden=m.residual_hidden,
                  num_residual=m.num_residual, quantizer=quantizer, rngs=rngs, dtype=jnp.dtype(config.dtype),
                  likelihood=m.likelihood, downsample=m.get("downsample", 2))
@@ -223,14 +242,18 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
         if q.kind == "ema" or (q.kind == "residual" and q.residual.ema) else (),
         init=init_codebook if q.codebook.init == "lloyd" else None,
         reporters=(_reporters.reconstructions(reconstruct), _reporters.code_usage, draw_codebook),
-        per_example=True,  # a mean of per-example losses (an EMA codebook's state keeps it unsplit)
+        # a mean of per-example losses (an EMA codebook's state keeps it unsplit); not LFQ's and BSQ's
+        # entropy loss, whose codebook term is the entropy of the whole batch's mean code distribution
+        per_example=q.kind not in ("lfq", "bsq"),
     )
 
 
 def codes_per_stage(config: ml_collections.ConfigDict) -> int:
     """K of the configured quantizer (FSQ: its implied codebook size ``Π L_d``)."""
     q = config.model.quantizer
-    return int(np.prod(q.fsq.levels)) if q.kind == "fsq" else int(q.codebook.num_codes)
+    if q.kind == "fsq":
+        return int(np.prod(q.fsq.levels))
+    return 2 ** int(q.lookup_free.bits) if q.kind in ("lfq", "bsq") else int(q.codebook.num_codes)
 
 
 def draw_codebook(model, test_src, workdir: str, summary: dict | None = None, *, num_images: int = 500) -> dict:

@@ -28,7 +28,13 @@ KINDS = {
     "residual": {"kind": "residual", "residual": {"num_stages": 3}},
     "residual_ema": {"kind": "residual", "residual": {"num_stages": 3, "ema": True},
                      "ema": {"dead_code_threshold": 4.0}},
+    "vq_rotation": {"kind": "vq", "codebook": {"rotation_trick": True}},
+    "lfq": {"kind": "lfq", "lookup_free": {"bits": 4}},
+    "bsq": {"kind": "bsq", "lookup_free": {"bits": 4}},
+    "simvq": {"kind": "simvq"},
+    "factorized": {"kind": "factorized", "factorized": {"code_dim_low": 2}},
 }
+NEW_KINDS = ("vq_rotation", "lfq", "bsq", "simvq", "factorized")  # issue 17's methods as quantizer.kind
 
 
 def _config(idx_dir, kind, **train):
@@ -92,6 +98,8 @@ def test_objective_terms_follow_the_quantizer(idx_dir, kind):
         assert float(m["codebook"]) == 0.0 and float(m["commitment"]) == 0.0
     elif "ema" in kind:
         assert float(m["codebook"]) == 0.0 and float(m["commitment"]) > 0.0
+    elif kind in ("lfq", "bsq"):  # the entropy loss, per-sample minus codebook entropy: <= 0 with γ = 1
+        assert float(m["codebook"]) <= 0.0 and float(m["commitment"]) > 0.0
     else:  # ||sg[z] - e||² and β||z - sg[e]||² are the same number in the forward pass
         np.testing.assert_allclose(m["commitment"], 0.5 * m["codebook"], rtol=1e-5)
     stages = config.model.quantizer.residual.num_stages if kind.startswith("residual") else 1
@@ -189,3 +197,16 @@ def test_every_codebooks_variant_sets_the_grouped_quantizer_config():
         assert q.residual.ema == (name == "residual_ema_restart"), name
         model = vqvae_mnist.build(c).model(nnx.Rngs(0))
         assert model.quantizer.num_codes == vqvae_mnist.codes_per_stage(c), name
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+def test_every_new_quantizer_kind_trains_in_the_experiment(idx_dir, tmp_path, kind):
+    """Rotation trick, LFQ, BSQ, SimVQ and factorized codes: the main job trains, evaluates and reports with each;
+    LFQ and BSQ (a batch-level entropy term) are never split into micro-batches."""
+    config = _config(idx_dir, kind, eval_every=0)
+    config.train.micro_batches = 0
+    summary = training.train_and_evaluate(config, str(tmp_path), vqvae_mnist.build(config), devices=jax.devices()[:1],
+                                          log=lambda s: None)
+    test = summary["test"]
+    assert np.isfinite(test["loss"]) and 1.0 <= test["perplexity"] <= vqvae_mnist.codes_per_stage(config)
+    assert vqvae_mnist.build(config).per_example == (kind not in ("lfq", "bsq"))

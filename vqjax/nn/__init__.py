@@ -1,10 +1,12 @@
 """Flax NNX modules that wrap the pure core."""
 
+from vqjax.nn._codebook_variants import FactorizedVectorQuantizer, FrozenCodebook, SimVQ
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
+from vqjax.nn._lookup_free import BinarySphericalQuantizer, LookupFreeQuantizer
+from vqjax.nn._make_quantizer import QUANTIZERS, make_quantizer
 from vqjax.nn._oivae import LATENT_TO_GROUP, GroupedGenerator, latent_to_group_mask
 from vqjax.nn._pixelcnn import GatedLayer, GatedPixelCNN
 from vqjax.nn._quantizers import (
-    QUANTIZERS,
     CodebookStatistic,
     EMAVectorQuantizer,
     FiniteScalarQuantizer,
@@ -12,7 +14,6 @@ from vqjax.nn._quantizers import (
     QuantizerOutput,
     ResidualVectorQuantizer,
     VectorQuantizer,
-    make_quantizer,
 )
 from vqjax.nn._sampling import sample_codes
 from vqjax.nn._vae import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, VAEOutput
@@ -26,23 +27,28 @@ __all__ = [
     "VAE",
     "VQVAE",
     "VQVAE2",
+    "BinarySphericalQuantizer",
     "CodebookStatistic",
     "ConvDecoder",
     "ConvEncoder",
     "Decoder",
     "EMAVectorQuantizer",
     "Encoder",
+    "FactorizedVectorQuantizer",
     "FiniteScalarQuantizer",
+    "FrozenCodebook",
     "GatedLayer",
     "GatedPixelCNN",
     "GroupedGenerator",
     "HierarchicalPrior",
     "Hyperparameter",
+    "LookupFreeQuantizer",
     "MLPDecoder",
     "MLPEncoder",
     "QuantizerOutput",
     "ResidualBlock",
     "ResidualVectorQuantizer",
+    "SimVQ",
     "SubpixelConvTranspose",
     "VAEOutput",
     "VIBClassifier",

@@ -33,14 +33,12 @@ from vqjax._checks import check_positive_int
 from vqjax.nn._precision import to_float32
 
 __all__ = [
-    "QUANTIZERS",
     "CodebookStatistic",
     "EMAVectorQuantizer",
     "FiniteScalarQuantizer",
     "QuantizerOutput",
     "ResidualVectorQuantizer",
     "VectorQuantizer",
-    "make_quantizer",
 ]
 
 
@@ -92,14 +90,18 @@ class VectorQuantizer(nnx.Module):
     """Nearest code of a learned codebook ``e [K, D]`` (an ``nnx.Param``), straight-through.
 
     Losses: the codebook loss ``||sg[z] - e_k||²`` trains ``e``, the commitment loss trains the
-    encoder. With ``cosine=True`` search and losses use l2-normalised vectors and codes.
+    encoder. With ``cosine=True`` search and losses use l2-normalised vectors and codes. With
+    ``rotation_trick=True`` the gradient reaches the encoder through :func:`vqjax.quantizers.rotation_trick`
+    (Fifty et al., 2024) instead of the straight-through copy.
     """
 
     num_stages = 1
 
-    def __init__(self, num_codes: int, code_dim: int, *, cosine: bool = False, rngs: nnx.Rngs):
+    def __init__(self, num_codes: int, code_dim: int, *, cosine: bool = False, rotation_trick: bool = False,
+                 rngs: nnx.Rngs):
         _check_positive(num_codes=num_codes, code_dim=code_dim)
         self.num_codes, self.code_dim, self.cosine = num_codes, code_dim, cosine
+        self.rotation_trick = bool(rotation_trick)
         self.codebook = nnx.Param(_uniform_codebook(rngs.params(), (num_codes, code_dim), num_codes))
 
     def _codes(self) -> jax.Array:
@@ -109,7 +111,7 @@ class VectorQuantizer(nnx.Module):
     def __call__(self, z: jax.Array, *, key: jax.Array | None = None) -> QuantizerOutput:
         del key
         z, dtype = to_float32(z)  # search and losses in float32; z_q in the input's dtype
-        q = quantizers.quantize(z, self.codebook[...], cosine=self.cosine)
+        q = quantizers.quantize(z, self.codebook[...], cosine=self.cosine, rotation_trick=self.rotation_trick)
         z_in = quantizers.l2_normalize(z) if self.cosine else z
         return QuantizerOutput(q.z_q.astype(dtype), q.indices, losses.codebook_loss(z_in, q.codes),
                                losses.commitment_loss(z_in, q.codes, beta=1.0), jnp.zeros((), jnp.int32))
@@ -164,7 +166,8 @@ class EMAVectorQuantizer(nnx.Module):
     ``dead_code_threshold`` vectors per batch (0: never) with :func:`restart_dead_codes`, drawing
     the rows with ``key``. The loss is the commitment loss only; the codebook loss is 0. ``decay``
     and ``dead_code_threshold`` are :class:`Hyperparameter` state (a sweep may vary them per run;
-    whether restarts happen at all is fixed by ``dead_code_threshold > 0``).
+    whether restarts happen at all is fixed by ``dead_code_threshold > 0``). ``rotation_trick=True``:
+    the encoder's gradient goes through :func:`vqjax.quantizers.rotation_trick`, not straight-through.
     """
 
     num_stages = 1
@@ -178,9 +181,11 @@ class EMAVectorQuantizer(nnx.Module):
         eps: float = 1e-5,
         dead_code_threshold: float = 0.0,
         cosine: bool = False,
+        rotation_trick: bool = False,
         rngs: nnx.Rngs,
     ):
         _check_positive(num_codes=num_codes, code_dim=code_dim)
+        self.rotation_trick = bool(rotation_trick)
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"`decay` must be in [0, 1); got {decay!r}.")
         if dead_code_threshold < 0:
@@ -197,7 +202,7 @@ class EMAVectorQuantizer(nnx.Module):
         state = self.ema.get()
         z, dtype = to_float32(z)  # search, statistics and loss in float32; z_q in the input's dtype
         z_in = quantizers.l2_normalize(z) if self.cosine else z
-        q = quantizers.quantize(z_in, state.codebook)
+        q = quantizers.quantize(z_in, state.codebook, rotation_trick=self.rotation_trick)
         restarted = jnp.zeros((), jnp.int32)
         if not self.deterministic:
             if self.restarts and key is None:
@@ -277,7 +282,8 @@ class ResidualVectorQuantizer(nnx.Module):
     ``ema=False``: ``[S, K, D]`` codebooks as an ``nnx.Param``, with per-stage codebook and
     commitment losses (summed). ``ema=True``: each stage an EMA codebook (updated in training mode,
     the stages' updates ``vmap``-ed), with optional dead-code restarts; commitment losses only.
-    Indices are ``[..., S]``.
+    Indices are ``[..., S]``. ``rotation_trick=True``: each stage's gradient goes through
+    :func:`vqjax.quantizers.rotation_trick` (see :func:`vqjax.quantizers.residual_quantize`).
     """
 
     def __init__(
@@ -290,9 +296,11 @@ class ResidualVectorQuantizer(nnx.Module):
         decay: float = 0.99,
         eps: float = 1e-5,
         dead_code_threshold: float = 0.0,
+        rotation_trick: bool = False,
         rngs: nnx.Rngs,
     ):
         _check_positive(num_codes=num_codes, code_dim=code_dim, num_stages=num_stages)
+        self.rotation_trick = bool(rotation_trick)
         self.num_codes, self.code_dim, self.num_stages, self.ema_codebooks = num_codes, code_dim, num_stages, ema
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"`decay` must be in [0, 1); got {decay!r}.")
@@ -313,7 +321,7 @@ class ResidualVectorQuantizer(nnx.Module):
 
     def __call__(self, z: jax.Array, *, key: jax.Array | None = None) -> QuantizerOutput:
         z, dtype = to_float32(z)  # residuals, search and statistics in float32; z_q in the input's dtype
-        r = quantizers.residual_quantize(z, self._codebooks())
+        r = quantizers.residual_quantize(z, self._codebooks(), rotation_trick=self.rotation_trick)
         stage_losses = jax.vmap(lambda res, code: (losses.codebook_loss(res, code), losses.commitment_loss(res, code, beta=1.0)))
         codebook, commitment = (jnp.sum(t, axis=0) for t in stage_losses(r.residuals, r.codes))
         restarted = jnp.zeros((), jnp.int32)
@@ -354,42 +362,3 @@ class ResidualVectorQuantizer(nnx.Module):
             self.ema.set(jax.vmap(quantizers.ema_init)(books))
         else:
             self.codebooks[...] = books
-
-
-QUANTIZERS = ("vq", "ema", "fsq", "residual")
-
-
-def make_quantizer(
-    kind: str,
-    *,
-    num_codes: int = 512,
-    code_dim: int = 64,
-    cosine: bool = False,
-    decay: float = 0.99,
-    eps: float = 1e-5,
-    dead_code_threshold: float = 0.0,
-    fsq_levels: Sequence[int] = (8, 8, 8),
-    lloyd_max: bool = False,
-    fsq_range_loss: bool = False,
-    num_stages: int = 4,
-    residual_ema: bool = False,
-    rngs: nnx.Rngs,
-) -> nnx.Module:
-    """The quantizer named ``kind`` (one of :data:`QUANTIZERS`), from config-style keywords.
-
-    ``"vq"``: :class:`VectorQuantizer`; ``"ema"``: :class:`EMAVectorQuantizer`; ``"fsq"``:
-    :class:`FiniteScalarQuantizer` (``fsq_levels``, ``lloyd_max``, ``fsq_range_loss``; its code dimension is
-    ``len(fsq_levels)``); ``"residual"``: :class:`ResidualVectorQuantizer` (``num_stages``,
-    ``residual_ema``). Keywords a kind does not use are ignored.
-    """
-    if kind == "vq":
-        return VectorQuantizer(num_codes, code_dim, cosine=cosine, rngs=rngs)
-    if kind == "ema":
-        return EMAVectorQuantizer(num_codes, code_dim, decay=decay, eps=eps, dead_code_threshold=dead_code_threshold,
-                                  cosine=cosine, rngs=rngs)
-    if kind == "fsq":
-        return FiniteScalarQuantizer(fsq_levels, lloyd_max=lloyd_max, range_loss=fsq_range_loss)
-    if kind == "residual":
-        return ResidualVectorQuantizer(num_codes, code_dim, num_stages, ema=residual_ema, decay=decay, eps=eps,
-                                       dead_code_threshold=dead_code_threshold, rngs=rngs)
-    raise ValueError(f"`kind` must be one of {QUANTIZERS}; got {kind!r}.")

@@ -6,9 +6,13 @@
   (:func:`lloyd_max_levels`, from the neutral ``vqjax._lloyd_max``: this package never imports
   :mod:`vqjax.quantization`, which builds on it).
 - ``_residual``: residual VQ, several codebooks on successive residuals.
+- ``_lfq``, ``_bsq``: lookup-free (LFQ) and binary spherical (BSQ) quantization, ``{±1}^D`` codes, entropy losses.
+- ``_grouped``: grouped / multi-head VQ and product quantization, a codebook per part of ``z``.
+- ``_rotation``: the rotation trick, a gradient estimator through VQ other than straight-through.
 """
 
 from vqjax._lloyd_max import lloyd_max_levels
+from vqjax.quantizers._bsq import bsq, bsq_entropy_loss, bsq_indices_to_codes
 from vqjax.quantizers._ema import EMAState, ema_init, ema_update, ema_usage, restart_dead_codes
 from vqjax.quantizers._fsq import (
     fsq,
@@ -18,7 +22,10 @@ from vqjax.quantizers._fsq import (
     fsq_range_loss,
     scalar_quantize,
 )
+from vqjax.quantizers._grouped import GroupedQuantized, grouped_lookup, grouped_quantize
+from vqjax.quantizers._lfq import lfq, lfq_codes_to_indices, lfq_entropy_loss, lfq_indices_to_codes
 from vqjax.quantizers._residual import ResidualQuantized, residual_lookup, residual_quantize
+from vqjax.quantizers._rotation import rotation_trick
 from vqjax.quantizers._vq import (
     CodeUsage,
     Quantized,
@@ -35,8 +42,12 @@ from vqjax.quantizers._vq import (
 __all__ = [
     "CodeUsage",
     "EMAState",
+    "GroupedQuantized",
     "Quantized",
     "ResidualQuantized",
+    "bsq",
+    "bsq_entropy_loss",
+    "bsq_indices_to_codes",
     "code_usage",
     "ema_init",
     "ema_update",
@@ -46,7 +57,13 @@ __all__ = [
     "fsq_codes_to_indices",
     "fsq_indices_to_codes",
     "fsq_range_loss",
+    "grouped_lookup",
+    "grouped_quantize",
     "l2_normalize",
+    "lfq",
+    "lfq_codes_to_indices",
+    "lfq_entropy_loss",
+    "lfq_indices_to_codes",
     "lloyd_max_levels",
     "lookup",
     "nearest_code",
@@ -55,6 +72,7 @@ __all__ = [
     "residual_lookup",
     "residual_quantize",
     "restart_dead_codes",
+    "rotation_trick",
     "scalar_quantize",
     "squared_distances",
     "straight_through",

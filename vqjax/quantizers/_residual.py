@@ -9,6 +9,13 @@ Lee et al. (2022, RQ-VAE). With codebooks ``e^(1) … e^(S)`` and ``r_1 = z``::
 The residuals stop the gradient at the codes, so each stage's codebook loss
 ``||sg[r_s] - e^(s)_k||²`` moves only that stage's codebook and each commitment loss
 ``||r_s - sg[e^(s)_k]||²`` moves only the encoder (as in vector-quantize-pytorch's ``ResidualVQ``).
+
+With the rotation trick (Fifty et al., 2024) each stage maps its residual to its code::
+
+    z_q = Σ_s q̃_s,     q̃_s = sg[λ_s R_s] r_s      (forward Σ_s e^(s)_{k_s}; ∂z_q/∂z = Σ_s λ_s R_s)
+
+as vector-quantize-pytorch's ``ResidualVQ`` with ``rotation_trick=True`` (each layer rotates its
+residual, and the layers' outputs are summed).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from vqjax.quantizers._rotation import _rotation_delta
 from vqjax.quantizers._vq import lookup, nearest_code, straight_through
 
 __all__ = ["ResidualQuantized", "residual_lookup", "residual_quantize"]
@@ -42,7 +50,7 @@ def _check_codebooks(z: jax.Array, codebooks: jax.Array) -> None:
 
 
 def residual_quantize(
-    z: jax.Array, codebooks: jax.Array, *, block_size: int | None = None
+    z: jax.Array, codebooks: jax.Array, *, rotation_trick: bool = False, block_size: int | None = None
 ) -> ResidualQuantized:
     r"""Quantize ``z [..., D]`` with ``codebooks [S, K, D]`` stage by stage.
 
@@ -50,6 +58,10 @@ def residual_quantize(
     :func:`vqjax.losses.codebook_loss` and :func:`vqjax.losses.commitment_loss`. Each stage
     picks the nearest code to its residual, so ``||r_{s+1}|| ≤ ||r_s||`` whenever the
     codebook holds a code no farther from ``r_s`` than the origin (e.g. a zero code).
+
+    ``rotation_trick=True``: ``z_q`` forwards the same ``Σ_s e^(s)_{k_s}``, but its gradient reaches
+    ``z`` through each stage's rotation trick (:func:`vqjax.quantizers.rotation_trick` of ``r_s`` to
+    ``e^(s)_{k_s}``), summed over the stages: ``∂z_q/∂z = Σ_s λ_s R_s`` instead of the identity.
     """
     z, codebooks = jnp.asarray(z), jnp.asarray(codebooks)
     _check_codebooks(z, codebooks)
@@ -65,6 +77,10 @@ def residual_quantize(
         r = r - jax.lax.stop_gradient(code)
     codes, residuals = jnp.stack(codes), jnp.stack(residuals)
     total = jnp.sum(codes, axis=0)
+    if rotation_trick:  # forward exactly Σ_s codes; gradient Σ_s λ_s R_s (each delta is 0 in value)
+        delta = sum(_rotation_delta(res, code) for res, code in zip(residuals, codes))
+        z_q = jax.lax.stop_gradient(total) + delta.astype(total.dtype)
+        return ResidualQuantized(z_q, codes, jnp.stack(indices, axis=-1), residuals)
     # straight_through forwards exactly Σ_s codes (z + sg[Σ - z] would round Σ - z: wrong for |z| ≫ |Σ|)
     return ResidualQuantized(straight_through(z, total), codes, jnp.stack(indices, axis=-1), residuals)
 

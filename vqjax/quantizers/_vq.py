@@ -19,6 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from vqjax.quantizers import _rotation
+
 __all__ = [
     "CodeUsage",
     "Quantized",
@@ -207,7 +209,12 @@ class Quantized(NamedTuple):
 
 
 def quantize(
-    z_e: jax.Array, codebook: jax.Array, *, cosine: bool = False, block_size: int | None = None
+    z_e: jax.Array,
+    codebook: jax.Array,
+    *,
+    cosine: bool = False,
+    rotation_trick: bool = False,
+    block_size: int | None = None,
 ) -> Quantized:
     r"""Vector-quantize ``z_e [..., D]`` with ``codebook [K, D]``.
 
@@ -219,11 +226,17 @@ def quantize(
     "Vector-quantized image modeling with improved VQGAN"): the nearest code is the one of largest
     cosine similarity, and ``z_q``, ``codes`` live on the unit sphere — so the losses
     (``||ẑ_e - ê||² = 2 - 2 cos``) compare directions only.
+
+    With ``rotation_trick=True``, ``z_q`` is :func:`vqjax.quantizers.rotation_trick` ``(z_e, codes)``
+    (Fifty et al., 2024) instead of the straight-through copy: the same forward value ``e_k``, but
+    the gradient reaches ``z_e`` rotated and rescaled by ``sg[λ R]``, the map taking ``z_e`` to ``e_k``.
     """
     if cosine:
         z_e, codebook = l2_normalize(z_e), l2_normalize(codebook)
     indices = nearest_code(z_e, codebook, block_size=block_size)
     codes = lookup(indices, codebook).astype(z_e.dtype)
+    if rotation_trick:
+        return Quantized(_rotation.rotation_trick(z_e, codes), codes, indices)
     return Quantized(straight_through(z_e, codes), codes, indices)
 
 
