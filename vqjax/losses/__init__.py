@@ -3,7 +3,8 @@
 Every function is per-example: it takes one example's arrays (any shape) and returns a
 scalar, or takes arrays with leading batch axes and reduces only the event axes named in its
 docstring. Callers reduce over the batch (``jnp.mean``) or ``jax.vmap`` as they like. The only
-batch-level quantity is :func:`mmd`, a divergence between two sets of samples.
+batch-level quantities are :func:`mmd`, a divergence between two sets of samples, and the codebook
+regularisers (orthogonality of a codebook; entropy / diversity of a batch's mean code assignment).
 """
 
 from vqjax.losses._elbo import BetaVAELoss, beta_vae_loss, elbo, iwae_bound, iwae_log_likelihood
@@ -16,6 +17,11 @@ from vqjax.losses._likelihoods import (
     gaussian_log_likelihood,
 )
 from vqjax.losses._mmd import InfoVAELoss, info_vae_loss, inverse_multiquadratic_kernel, mmd, rbf_kernel
+from vqjax.losses._regularizers import (
+    codebook_diversity_loss,
+    codebook_entropy_loss,
+    codebook_orthogonality_loss,
+)
 from vqjax.losses._vib import VIBLoss, vib_loss
 from vqjax.losses._vq import VQVAELoss, codebook_loss, commitment_loss, vqvae_loss
 
@@ -48,4 +54,8 @@ __all__ = [
     "commitment_loss",
     "VQVAELoss",
     "vqvae_loss",
+    # codebook regularisers (batch-level)
+    "codebook_orthogonality_loss",
+    "codebook_entropy_loss",
+    "codebook_diversity_loss",
 ]

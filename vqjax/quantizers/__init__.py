@@ -9,11 +9,22 @@
 - ``_lfq``, ``_bsq``: lookup-free (LFQ) and binary spherical (BSQ) quantization, ``{±1}^D`` codes, entropy losses.
 - ``_grouped``: grouped / multi-head VQ and product quantization, a codebook per part of ``z``.
 - ``_rotation``: the rotation trick, a gradient estimator through VQ other than straight-through.
+- ``_stochastic``: sampled codes (straight-through categorical, Gumbel-softmax) and a temperature schedule.
 """
 
 from vqjax._lloyd_max import lloyd_max_levels
 from vqjax.quantizers._bsq import bsq, bsq_entropy_loss, bsq_indices_to_codes
-from vqjax.quantizers._ema import EMAState, ema_init, ema_update, ema_usage, restart_dead_codes
+from vqjax.quantizers._ema import (
+    EMAState,
+    EMAStatistics,
+    ema_accumulate,
+    ema_apply,
+    ema_init,
+    ema_statistics_init,
+    ema_update,
+    ema_usage,
+    restart_dead_codes,
+)
 from vqjax.quantizers._fsq import (
     fsq,
     fsq_codebook_size,
@@ -26,6 +37,7 @@ from vqjax.quantizers._grouped import GroupedQuantized, grouped_lookup, grouped_
 from vqjax.quantizers._lfq import lfq, lfq_codes_to_indices, lfq_entropy_loss, lfq_indices_to_codes
 from vqjax.quantizers._residual import ResidualQuantized, residual_lookup, residual_quantize
 from vqjax.quantizers._rotation import rotation_trick
+from vqjax.quantizers._stochastic import SampledCodes, sample_code, temperature_schedule
 from vqjax.quantizers._vq import (
     CodeUsage,
     Quantized,
@@ -42,14 +54,19 @@ from vqjax.quantizers._vq import (
 __all__ = [
     "CodeUsage",
     "EMAState",
+    "EMAStatistics",
     "GroupedQuantized",
     "Quantized",
     "ResidualQuantized",
+    "SampledCodes",
     "bsq",
     "bsq_entropy_loss",
     "bsq_indices_to_codes",
     "code_usage",
+    "ema_accumulate",
+    "ema_apply",
     "ema_init",
+    "ema_statistics_init",
     "ema_update",
     "ema_usage",
     "fsq",
@@ -73,7 +90,9 @@ __all__ = [
     "residual_quantize",
     "restart_dead_codes",
     "rotation_trick",
+    "sample_code",
     "scalar_quantize",
     "squared_distances",
     "straight_through",
+    "temperature_schedule",
 ]

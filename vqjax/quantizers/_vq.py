@@ -257,7 +257,11 @@ def perplexity(counts: jax.Array) -> jax.Array:
 
 
 def code_usage(
-    indices: jax.Array, num_codes: int, *, axis_name: str | tuple[str, ...] | None = None
+    indices: jax.Array,
+    num_codes: int,
+    *,
+    axis_name: str | tuple[str, ...] | None = None,
+    weights: jax.Array | None = None,
 ) -> CodeUsage:
     """Per-code counts, perplexity, used fraction and dead-code count of a batch of indices.
 
@@ -269,6 +273,9 @@ def code_usage(
       indices: ``[...]`` integer code indices; values outside ``[0, K)`` are not counted.
       num_codes: K.
       axis_name: mesh axis (or axes) to sum counts over, inside ``shard_map``.
+      weights: optional ``[...]`` padding mask or nonnegative weights (broadcastable to
+        ``indices.shape``): ``counts_k = Σ_j w_j [k_j = k]``; positions with weight 0 are not
+        counted, so a padded batch has exactly the usage of the unpadded one.
     """
     indices = jnp.asarray(indices)
     if not isinstance(num_codes, int) or num_codes < 1:
@@ -277,7 +284,21 @@ def code_usage(
         raise ValueError(f"`indices` must be integers; got dtype {indices.dtype}.")
     flat = indices.reshape(-1)
     flat = jnp.where((flat >= 0) & (flat < num_codes), flat, num_codes)  # JAX wraps negatives
-    counts = jnp.zeros((num_codes,), jnp.float32).at[flat].add(1.0, mode="drop")
+    if weights is None:
+        counts = jnp.zeros((num_codes,), jnp.float32).at[flat].add(1.0, mode="drop")
+    else:
+        w = jnp.asarray(weights)
+        try:
+            ok = jnp.broadcast_shapes(w.shape, indices.shape) == indices.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"`weights` must broadcast to indices.shape = {indices.shape}; got shape {w.shape}.")
+        if not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer) or w.dtype == bool):
+            raise ValueError(f"`weights` must be real or bool; got dtype {w.dtype}.")
+        flat_w = jnp.broadcast_to(w.astype(jnp.float32), indices.shape).reshape(-1)
+        flat = jnp.where(flat_w != 0, flat, num_codes)  # padded: not counted
+        counts = jnp.zeros((num_codes,), jnp.float32).at[flat].add(flat_w, mode="drop")
     if axis_name is not None:
         counts = jax.lax.psum(counts, axis_name)
     used = counts > 0
