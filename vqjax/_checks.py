@@ -59,3 +59,22 @@ def float_dtype(*xs: jax.Array):
     if not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits < 32:
         return jnp.dtype(jnp.float32)
     return dtype
+
+
+def check_weights(weights, shape: tuple[int, ...], what: str) -> jax.Array:
+    """A padding mask / nonnegative weights ``weights`` broadcast to ``shape`` as float32.
+
+    ``ValueError`` naming ``weights`` and ``what`` it must broadcast to (e.g. ``"z_e.shape[:-1]"``)
+    if its shape does not, or if it is not real or bool.
+    """
+    w = jnp.asarray(weights)
+    shape = tuple(shape)
+    try:
+        ok = jnp.broadcast_shapes(w.shape, shape) == shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"`weights` must broadcast to {what} = {shape}; got shape {w.shape}.")
+    if not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer) or w.dtype == bool):
+        raise ValueError(f"`weights` must be real or bool; got dtype {w.dtype}.")
+    return jnp.broadcast_to(w.astype(jnp.float32), shape)

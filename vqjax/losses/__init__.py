@@ -26,36 +26,36 @@ from vqjax.losses._vib import VIBLoss, vib_loss
 from vqjax.losses._vq import VQVAELoss, codebook_loss, commitment_loss, vqvae_loss
 
 __all__ = [
+    "BetaVAELoss",
+    "InfoVAELoss",
+    "VIBLoss",
+    "VQVAELoss",
     # likelihoods p(x|z)
     "bernoulli_log_likelihood",
-    "gaussian_log_likelihood",
-    "discretized_logistic_log_likelihood",
-    "categorical_log_likelihood",
-    "bits_per_dim",
-    # the Gaussian encoder and the rate
-    "reparameterize",
-    "gaussian_kl",
-    "monte_carlo_kl",
-    # bounds and objectives
-    "elbo",
-    "BetaVAELoss",
     "beta_vae_loss",
-    "iwae_bound",
-    "iwae_log_likelihood",
-    "rbf_kernel",
-    "inverse_multiquadratic_kernel",
-    "mmd",
-    "InfoVAELoss",
-    "info_vae_loss",
-    "VIBLoss",
-    "vib_loss",
+    "bits_per_dim",
+    "categorical_log_likelihood",
+    "codebook_diversity_loss",
+    "codebook_entropy_loss",
     # VQ-VAE
     "codebook_loss",
-    "commitment_loss",
-    "VQVAELoss",
-    "vqvae_loss",
     # codebook regularisers (batch-level)
     "codebook_orthogonality_loss",
-    "codebook_entropy_loss",
-    "codebook_diversity_loss",
+    "commitment_loss",
+    "discretized_logistic_log_likelihood",
+    # bounds and objectives
+    "elbo",
+    "gaussian_kl",
+    "gaussian_log_likelihood",
+    "info_vae_loss",
+    "inverse_multiquadratic_kernel",
+    "iwae_bound",
+    "iwae_log_likelihood",
+    "mmd",
+    "monte_carlo_kl",
+    "rbf_kernel",
+    # the Gaussian encoder and the rate
+    "reparameterize",
+    "vib_loss",
+    "vqvae_loss",
 ]

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vqjax._checks import check_event_ndim, check_same_shape, sum_event
+from vqjax._checks import check_event_ndim, check_same_shape, check_weights, sum_event
 
 __all__ = ["VQVAELoss", "codebook_loss", "commitment_loss", "vqvae_loss"]
 
@@ -32,19 +32,7 @@ def _weighted_sq(diff: jax.Array, weights, event_ndim: int) -> jax.Array:
         return sum_event(sq, event_ndim)
     if event_ndim < 1:
         raise ValueError(f"`weights` needs event_ndim >= 1 (it weighs whole D-vectors); got event_ndim={event_ndim}.")
-    lead = diff.shape[:-1] if diff.ndim else ()
-    w = jnp.asarray(weights)
-    try:
-        ok = diff.ndim >= 1 and jnp.broadcast_shapes(w.shape, lead) == lead
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"`weights` must broadcast to the leading axes z_e.shape[:-1] = {lead}; got shape {w.shape}."
-        )
-    if not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer) or w.dtype == bool):
-        raise ValueError(f"`weights` must be real or bool; got dtype {w.dtype}.")
-    w = jnp.broadcast_to(w.astype(jnp.float32), lead)
+    w = check_weights(weights, diff.shape[:-1], "the leading axes z_e.shape[:-1]")
     per_vector = jnp.sum(sq, axis=-1)
     per_vector = jnp.where(w != 0, w * per_vector, 0.0)  # padded rows: exactly 0, even for inf / NaN
     return sum_event(per_vector, event_ndim - 1)

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from vqjax._checks import check_weights
 from vqjax.quantizers._vq import l2_normalize
 
 __all__ = [
@@ -93,22 +94,6 @@ def _check_inputs(z: jax.Array, indices: jax.Array, k: int, d: int) -> tuple[jax
     return z, indices
 
 
-def _check_weights(weights, lead: tuple[int, ...], name: str = "z") -> jax.Array:
-    """``weights`` broadcast to ``lead`` (the leading axes of ``z``), as float32."""
-    w = jnp.asarray(weights)
-    try:
-        ok = jnp.broadcast_shapes(w.shape, lead) == tuple(lead)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"`weights` must broadcast to the leading axes {name}.shape[:-1] = {tuple(lead)}; got shape {w.shape}."
-        )
-    if not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer) or w.dtype == bool):
-        raise ValueError(f"`weights` must be real or bool; got dtype {w.dtype}.")
-    return jnp.broadcast_to(jax.lax.stop_gradient(w).astype(jnp.float32), lead)
-
-
 def _check_decay_eps(decay, eps) -> None:
     if not isinstance(decay, jax.core.Tracer) and not 0.0 <= decay < 1.0:  # traced: a sweep's per-run γ
         raise ValueError(f"`decay` must be in [0, 1); got {decay!r}.")
@@ -125,7 +110,7 @@ def _batch_statistics(z: jax.Array, indices: jax.Array, k: int, d: int, weights)
         counts = jnp.zeros((k,), jnp.float32).at[flat_i].add(1.0, mode="drop")
         sums = jnp.zeros((k, d), jnp.float32).at[flat_i].add(flat_z, mode="drop")
         return counts, sums
-    flat_w = _check_weights(weights, z.shape[:-1]).reshape(-1)
+    flat_w = jax.lax.stop_gradient(check_weights(weights, z.shape[:-1], "the leading axes z.shape[:-1]")).reshape(-1)
     flat_i = jnp.where(flat_w != 0, flat_i, k)  # padded rows: dropped, whatever their z (inf, NaN)
     keep = (flat_i < k)[:, None]
     counts = jnp.zeros((k,), jnp.float32).at[flat_i].add(flat_w, mode="drop")
@@ -348,7 +333,7 @@ def restart_dead_codes(
     if not isinstance(threshold, jax.core.Tracer) and not threshold > 0:  # traced: checked by the caller
         raise ValueError(f"`threshold` must be > 0; got {threshold!r}.")
     rows = jax.lax.stop_gradient(z).reshape(-1, d).astype(jnp.float32)
-    valid = None if weights is None else (_check_weights(weights, z.shape[:-1]).reshape(-1) != 0)
+    valid = None if weights is None else (jax.lax.stop_gradient(check_weights(weights, z.shape[:-1], "the leading axes z.shape[:-1]")).reshape(-1) != 0)
     if axis_name is not None:  # gather the global batch, replicated (an all_gather result counts as varying)
         local = rows.shape[0]
         offset = jax.lax.axis_index(axis_name) * local

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from vqjax._checks import check_weights
 from vqjax.quantizers import _rotation
 
 __all__ = [
@@ -287,16 +288,7 @@ def code_usage(
     if weights is None:
         counts = jnp.zeros((num_codes,), jnp.float32).at[flat].add(1.0, mode="drop")
     else:
-        w = jnp.asarray(weights)
-        try:
-            ok = jnp.broadcast_shapes(w.shape, indices.shape) == indices.shape
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError(f"`weights` must broadcast to indices.shape = {indices.shape}; got shape {w.shape}.")
-        if not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer) or w.dtype == bool):
-            raise ValueError(f"`weights` must be real or bool; got dtype {w.dtype}.")
-        flat_w = jnp.broadcast_to(w.astype(jnp.float32), indices.shape).reshape(-1)
+        flat_w = check_weights(weights, indices.shape, "indices.shape").reshape(-1)
         flat = jnp.where(flat_w != 0, flat, num_codes)  # padded: not counted
         counts = jnp.zeros((num_codes,), jnp.float32).at[flat].add(flat_w, mode="drop")
     if axis_name is not None:

@@ -64,9 +64,8 @@ def guarded_train_step_fn(graphdef, optimizer, objective, *, micro_batches: int 
                 raise ValueError(f"`micro_batches`={micro_batches} needs a model whose only non-parameter state "
                                  "is hyperparameters: an objective that updates state (an EMA codebook, batch "
                                  "statistics) sees each micro-batch alone. Use micro_batches=1.")
-            loss, metrics, grads = micro_batch_value_and_grad(
-                lambda params, part, key: loss_fn(params, part, key), state.params, batch, step_key(state),
-                micro_batches)
+            loss, metrics, grads = micro_batch_value_and_grad(loss_fn, state.params, batch, step_key(state),
+                                                              micro_batches)
             rest = state.rest
         grad_norm = optax.tree.norm(grads)
         tx = optimizer(hparams)
@@ -101,7 +100,8 @@ def auto_micro_batches(per_device_batch: int, *, platform: str, threads_per_devi
 def has_only_hyperparameter_state(rest) -> bool:
     """Whether a model's non-parameter state (``TrainState.rest``) is only :class:`vqjax.nn.Hyperparameter`
     values, which no step changes: then micro-batches of a batch see the same model."""
-    return all(isinstance(v, Hyperparameter) for v in jax.tree.leaves(rest, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    leaves = jax.tree.leaves(rest, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return all(isinstance(v, Hyperparameter) for v in leaves)
 
 
 def micro_batch_value_and_grad(loss_fn: Callable, params, batch: Any, key: jax.Array, micro_batches: int):
