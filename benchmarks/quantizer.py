@@ -4,7 +4,8 @@ and (nearest-code search only) faiss, each implementation × shape in its own su
     python benchmarks/quantizer.py                          # the four default shapes, median of 7
     python benchmarks/quantizer.py --shapes 65536x1024x64   # a subset (any N×K×D)
     python benchmarks/quantizer.py --quick                  # smoke run of the harness: tiny shapes, 1 repeat
-    python benchmarks/quantizer.py --parts variants         # only EMA VQ, restarts, FSQ, residual VQ
+    python benchmarks/quantizer.py --parts variants         # only the codebook variants (a few minutes)
+    python benchmarks/quantizer.py --parts variants --cases lfq bsq   # some of them
 
 Work timed per call, float32, z [N, D] ~ N(0, 1), codebook [K, D] ~ N(0, 1):
 
@@ -16,10 +17,15 @@ Work timed per call, float32, z [N, D] ~ N(0, 1), codebook [K, D] ~ N(0, 1):
 * search only: the nearest-code indices (vqjax ``nearest_code``, faiss ``IndexFlatL2`` with k=1).
 * reference: NumPy's (N×D)·(D×K) float32 matrix product, the machine's own rate at that shape.
 
-Codebook variants (``--parts variants``, workers in ``_variants.py``): a training step of the quantizer
-alone (forward, backward, codebook update) for EMA VQ, EMA VQ with dead-code restarts, FSQ and residual VQ,
-vqjax against vector-quantize-pytorch's ``VectorQuantize``, ``FSQ`` and ``ResidualVQ`` with matching
-settings; see that module's docstring.
+Codebook variants (``--parts variants``, workers in ``_variants.py``): one training step of the quantizer
+alone (forward, backward, codebook update) for every quantizer both vqjax and vector-quantize-pytorch have,
+with the same settings on both sides: EMA VQ, EMA VQ with dead-code restarts, EMA VQ with the rotation
+trick, a learned codebook (SGD) with the rotation trick, a cosine-similarity EMA codebook, grouped VQ (4 heads,
+a codebook each), SimVQ, LFQ and BSQ with their entropy losses (10 bits), FSQ and residual VQ; 16,384
+vectors, K = 1024, D = 64 (LFQ/BSQ: D = 10 bits; FSQ: D = 4). Each row's table cell "What runs" says the
+call on each side; ``_variants.py``'s docstring has the exact work. Peak memory of both sides: the worker's
+peak RSS over the warm-up and timed calls above its RSS just before them. Each vqjax worker then checks one
+step of both sides from the same inputs and codebook (indices, gradient w.r.t. z, SGD-updated parameters).
 
 Peers that are not installed (the ``bench`` extra) get rows that say so; the vqjax rows still run.
 Results: markdown tables on stdout and ``benchmarks/results/quantizer.json``.
@@ -191,12 +197,21 @@ def run_timing_worker(impl: str, shape, repeats: int) -> dict:
 
 
 def run_variant_worker(impl: str, case: str, shape, repeats: int) -> dict:
-    call = getattr(_variants, f"setup_{impl}")(case, *_variants.inputs(*shape))
+    inputs = _variants.inputs(*shape)
+    call = getattr(_variants, f"setup_{impl}")(case, *inputs)
     times, peak = _common.time_calls(call, repeats=repeats, warmup=WARMUP)
     result = {"times_s": times, "median_s": _common.median(times), "peak_gib": peak}
-    if case == "fsq" and impl == "vqjax":  # against the peer's FSQ, if it is installed
+    if impl == "vqjax":  # against the peer on the same inputs, if it is installed (after the timing)
         absent = _common.missing(REQUIRES["vqtorch"])
-        result["check"] = {"not_installed": absent} if absent else _variants.check_fsq(_variants.inputs(*shape)[0])
+        if absent:
+            result["check"] = {"not_installed": absent}
+        else:
+            try:
+                result["check"] = _variants.check_case(case, *inputs)
+                if case == "fsq":
+                    result["check"].update(_variants.check_fsq(inputs[0]))
+            except Exception as e:  # a failed check is reported, the timing is kept
+                result["check"] = {"error": f"{type(e).__name__}: {e}"}
     return result
 
 
@@ -226,16 +241,32 @@ def measure_variants(cases, repeats: int, quick: bool) -> list[dict]:
 
 
 def variants_table(rows: list[dict]) -> str:
-    header = ["Quantizer", "Implementation", "N×K×D", "Median s", "Vectors/s", "Peak mem GiB", "vqjax speedup"]
+    header = ["Quantizer", "Implementation", "What runs", "N×K×D", "Median s", "Vectors/s", "Peak mem GiB",
+              "vqjax speedup"]
     body = []
     for r in rows:
-        cells = [r["label"], VARIANT_IMPLS[r["impl"]], shape_str(r["shape"])]
+        cells = [r["label"], VARIANT_IMPLS[r["impl"]], f"`{_variants.RUNS[r['case']][r['impl']]}`",
+                 shape_str(r["shape"])]
         if _common.not_run(r):
             body.append(cells + [_common.not_run(r), "", "", ""])
             continue
         speedup = f"{r['vqjax_speedup']:.2f}×" if "vqjax_speedup" in r else "—"
         body.append(cells + [f"{r['median_s']:.4f}", f"{r['vectors_per_s']:.3g}", f"{r['peak_gib']:.2f}", speedup])
     return _common.markdown_table(header, body)
+
+
+def variant_check_line(label: str, check: dict) -> str:
+    """One line of the checks: vqjax against vector-quantize-pytorch, one step from the same inputs."""
+    if "not_installed" in check or "error" in check:
+        return f"- {label}: no check against vector-quantize-pytorch: {_common.not_run(check, width=200)}."
+    line = (f"- {label}: indices differ for {check['indices_differing']} of {check['n']} vectors; max |Δ grad z| "
+            f"{check['grad_z_max_abs_diff']:.2g} (max |grad z| {check['grad_z_max_abs']:.2g})")
+    if "params_max_abs_diff" in check:
+        line += f"; max |Δ| of the SGD-updated codebook parameters {check['params_max_abs_diff']:.2g}"
+    if "fsq_codes_max_abs_diff" in check:
+        line += (f"; codes differ by at most {check['fsq_codes_max_abs_diff']:.2g}, indices for "
+                 f"{check['fsq_indices_differing']} of {check['n']} vectors")
+    return line + "."
 
 
 def run_check_worker(shape) -> dict:
@@ -365,7 +396,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=7, help="timed calls per implementation × shape (median)")
     p.add_argument("--quick", action="store_true", help="smoke run of the harness: tiny shapes, 1 repeat")
     p.add_argument("--parts", nargs="+", choices=("base", "variants"), default=["base", "variants"],
-                   help="base: the paper's quantizer vs haiku/VQP/faiss; variants: EMA, restarts, FSQ, residual")
+                   help="base: the paper's quantizer vs haiku/VQP/faiss; variants: the codebook variants vs VQP")
     p.add_argument("--cases", nargs="+", choices=list(_variants.CASES), default=list(_variants.CASES),
                    help="codebook variants to run (with --parts variants)")
     p.add_argument("--out", help="JSON path (default benchmarks/results/quantizer[-quick].json)")
@@ -404,13 +435,10 @@ def main(argv=None) -> None:
         print(_common.describe_environment(env) + "\n")
         print(variants_table(variant_rows) + "\n")
         print("- " + "\n- ".join(VARIANT_NOTES))
-        fsq_check = next((r["check"] for r in variant_rows if "check" in r), None)
-        if fsq_check and "not_installed" in fsq_check:
-            print(f"- FSQ check against vector-quantize-pytorch: {_common.not_run(fsq_check)}.")
-        elif fsq_check:
-            print(f"- FSQ check: vqjax and vector-quantize-pytorch give codes differing by at most "
-                  f"{fsq_check['fsq_codes_max_abs_diff']:.2g} and indices differing for "
-                  f"{fsq_check['fsq_indices_differing']} of {fsq_check['n']} vectors.")
+        print("\nChecks (one step of each side from the same inputs and codebook; see benchmarks/_variants.py):")
+        for r in variant_rows:
+            if r["impl"] == "vqjax" and "check" in r:
+                print(variant_check_line(r["label"], r["check"]))
 
     out = args.out or os.path.join(_common.RESULTS_DIR, "quantizer-quick.json" if args.quick else "quantizer.json")
     _common.write_json(out, {"environment": env, "repeats": repeats, "warmup": WARMUP, "beta": BETA,
@@ -419,13 +447,18 @@ def main(argv=None) -> None:
 
 
 VARIANT_NOTES = [
-    ("One call = forward + backward (gradient w.r.t. z) + codebook update of the quantizer alone; see "
-     "benchmarks/_variants.py for the exact work of each side."),
-    ("vector-quantize-pytorch: decay 0.99, commitment_weight 0.25, rotation_trick=False (straight-through, as "
-     f"vqjax), threshold_ema_dead_code=1 for the restart row; torch.set_num_threads({TORCH_THREADS})."),
+    ("One call = one training step of the quantizer alone: forward, backward (gradient w.r.t. z and, for a "
+     "learned codebook, its parameters) and the codebook update (EMA, or an SGD step for the learned codebook "
+     "and SimVQ); both sides start from the same codebook. \"What runs\" gives each side's call; "
+     "benchmarks/_variants.py has the exact work and settings of every row."),
+    ("Both sides use the same settings: EMA decay 0.99, commitment weight 0.25 (1 for the learned codebook, "
+     "the peer's one mse(q, z) trains both), straight-through unless the row says rotation trick, LFQ/BSQ "
+     "entropy weight 0.1 at τ = 0.01 with the codebook entropy enumerated over all 2^D codes; "
+     f"torch.set_num_threads({TORCH_THREADS})."),
+    ("Peak mem = the worker process's peak RSS over the warm-up and timed calls minus its RSS just before "
+     "them (after set-up and compilation, freed heap returned to the OS), measured the same way for both sides."),
     "vqjax speedup = peer's median time / vqjax's. Above 1×: vqjax is faster.",
 ]
-
 
 if __name__ == "__main__":
     main()

@@ -47,29 +47,37 @@ def quantizer_config() -> ml_collections.ConfigDict:
       ``cosine`` (l2-normalised codes and encoder outputs; vq, ema), ``init`` (``"uniform"``:
       U(-1/K, 1/K) as in the paper; ``"lloyd"``: generalized Lloyd with a k-means++ start on the
       encoder outputs of a first training batch), ``rotation_trick`` (the encoder's gradient through
-      the rotation trick of Fifty et al., 2024, instead of straight-through; off as in the paper).
+      the rotation trick of Fifty et al., 2024, instead of straight-through; off as in the paper),
+      ``affine`` (``vq``: codes ``scale ⊙ e + shift`` with learned per-channel ``scale``, ``shift``) and
+      ``sync_nu`` (``vq``: the synchronised update, the codes also get ν × the decoder's gradient; 0: off),
+      both of Huh et al., 2023.
     - ``ema`` (``ema``; ``residual`` with ``residual.ema``): EMA decay γ, Laplace smoothing ε, and
-      ``dead_code_threshold`` (re-seed codes used fewer times per batch; 0: off).
+      ``dead_code_threshold`` (re-seed codes used fewer times per batch; 0: off). ``vq`` uses
+      ``dead_code_threshold`` and ``decay`` too: restarts of the learned codebook, usage averaged with γ.
     - ``fsq`` (``fsq``): ``levels`` per channel, ``lloyd_max`` levels, ``range_loss`` (β·Σ max(|z| - 2, 0)²).
     - ``residual`` (``residual``): ``num_stages`` codebooks, ``ema`` codebooks or not.
     - ``lookup_free`` (``lfq``, ``bsq``): ``bits`` binary channels (2^bits implicit codes), the entropy
       loss's ``entropy_weight``, ``diversity_weight`` (γ), ``temperature`` τ and ``sample_fraction``.
     - ``factorized`` (``factorized``): ``code_dim_low``, the dimension of the cosine lookup; ``simvq`` and
       ``factorized`` use ``codebook.num_codes`` and ``codebook.code_dim``.
+    - ``grouped`` (``grouped``): ``heads`` H parts of ``code_dim / H`` channels, each with its own codebook of
+      ``codebook.num_codes`` codes (``shared``: one for all parts): ``H·log2 K`` bits per latent.
     """
     return ml_collections.ConfigDict({
         # "vq": the paper's codebook loss; "ema": EMA cluster means (appendix A.1); "fsq": finite scalar
         # quantization (no codebook); "residual": residual VQ with residual.num_stages codebooks; "lfq", "bsq":
         # lookup-free and binary spherical quantization; "simvq": a frozen random codebook times a learned
-        # linear map; "factorized": ViT-VQGAN's low-dimensional cosine codes.
+        # linear map; "factorized": ViT-VQGAN's low-dimensional cosine codes; "grouped": multi-head / product VQ.
         "kind": "vq",
-        "codebook": {"num_codes": 512, "code_dim": 64, "cosine": False, "init": "uniform", "rotation_trick": False},
+        "codebook": {"num_codes": 512, "code_dim": 64, "cosine": False, "init": "uniform", "rotation_trick": False,
+                     "affine": False, "sync_nu": 0.0},
         "ema": {"decay": 0.99, "eps": 1e-5, "dead_code_threshold": 0.0},
         "fsq": {"levels": (8, 8, 8), "lloyd_max": False, "range_loss": False},
         "residual": {"num_stages": 4, "ema": False},
         "lookup_free": {"bits": 9, "entropy_weight": 0.1, "diversity_weight": 1.0, "temperature": 0.01,
                         "sample_fraction": 1.0},
         "factorized": {"code_dim_low": 8},
+        "grouped": {"heads": 2, "shared": False},
     })
 
 
@@ -143,6 +151,8 @@ QUANTIZER_RULES = {
     "codebook.cosine": training.boolean(),
     "codebook.init": training.one_of(*CODEBOOK_INITS),
     "codebook.rotation_trick": training.boolean(),
+    "codebook.affine": training.boolean(),
+    "codebook.sync_nu": training.number(min=0),  # ν >= 0; 0: plain straight-through
     "ema.decay": training.number(min=0, max=1, max_open=True),  # γ in [0, 1)
     "ema.eps": training.number(min=0, min_open=True),  # Laplace smoothing ε > 0
     "ema.dead_code_threshold": training.number(min=0),  # 0: no restarts
@@ -157,6 +167,8 @@ QUANTIZER_RULES = {
     "lookup_free.temperature": training.number(min=0, min_open=True),
     "lookup_free.sample_fraction": training.number(min=0, max=1, min_open=True),
     "factorized.code_dim_low": training.integer(min=1),
+    "grouped.heads": training.integer(min=1),
+    "grouped.shared": training.boolean(),
 }
 
 # Every field of get_config(): the shared blocks, the model and its quantizer.
@@ -180,6 +192,13 @@ def check_quantizer(config, where: str = "--config") -> list[str]:
     if q.codebook.get("init") == "lloyd" and q.kind not in KINDS_WITH_CODEBOOK:
         out.append(f"{flag('codebook.init')}='lloyd' needs a codebook; {flag('kind')} is {q.kind!r}, which has "
                    "none (use 'uniform').")
+    if (q.codebook.get("affine", False) or q.codebook.get("sync_nu", 0.0)) and q.kind != "vq":
+        out.append(f"{flag('codebook.affine')} and {flag('codebook.sync_nu')} need {flag('kind')}='vq' (a codebook "
+                   f"trained by gradient); got kind {q.kind!r} with affine={q.codebook.get('affine', False)!r}, "
+                   f"sync_nu={q.codebook.get('sync_nu', 0.0)!r}.")
+    if q.kind == "grouped" and q.codebook.code_dim % q.grouped.heads:
+        out.append(f"{flag('codebook.code_dim')}={q.codebook.code_dim} must be a multiple of "
+                   f"{flag('grouped.heads')}={q.grouped.heads} (D/H channels per part).")
     if q.kind == "fsq":
         levels = tuple(q.fsq.levels)
         if q.fsq.lloyd_max and len(set(levels)) != 1:
@@ -203,10 +222,12 @@ def make_model(config: ml_collections.ConfigDict, rngs, image_shape: tuple[int, 
     quantizer = make_quantizer(
         q.kind, num_codes=q.codebook.num_codes, code_dim=q.codebook.code_dim, cosine=q.codebook.cosine,
         rotation_trick=q.codebook.get("rotation_trick", False),
+        affine=q.codebook.get("affine", False), sync_nu=q.codebook.get("sync_nu", 0.0),
         decay=q.ema.decay, eps=q.ema.eps, dead_code_threshold=q.ema.dead_code_threshold,
         fsq_levels=tuple(q.fsq.levels), lloyd_max=q.fsq.lloyd_max, fsq_range_loss=q.fsq.range_loss,
         num_stages=q.residual.num_stages, residual_ema=q.residual.ema,
-        **({**q.lookup_free, "code_dim_low": q.factorized.code_dim_low} if "lookup_free" in q else {}), rngs=rngs)
+        **({**q.lookup_free, "code_dim_low": q.factorized.code_dim_low} if "lookup_free" in q else {}),
+        **({"heads": q.grouped.heads, "grouped_shared": q.grouped.shared} if "grouped" in q else {}), rngs=rngs)
     return VQVAE(in_channels=image_shape[-1], hidden=m.hidden, residual_hidden=m.residual_hidden,
                  num_residual=m.num_residual, quantizer=quantizer, rngs=rngs, dtype=jnp.dtype(config.dtype),
                  likelihood=m.likelihood, downsample=m.get("downsample", 2))
@@ -239,7 +260,8 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
         hparams={"model.beta": m.beta},
         # EMA γ and the dead-code threshold live in the quantizer's state (vqjax.nn.Hyperparameter)
         state_hparams=("model.quantizer.ema.decay", "model.quantizer.ema.dead_code_threshold")
-        if q.kind == "ema" or (q.kind == "residual" and q.residual.ema) else (),
+        if q.kind == "ema" or (q.kind == "residual" and q.residual.ema)
+        or (q.kind == "vq" and q.ema.dead_code_threshold > 0) else (),
         init=init_codebook if q.codebook.init == "lloyd" else None,
         reporters=(_reporters.reconstructions(reconstruct), _reporters.code_usage, draw_codebook),
         # a mean of per-example losses (an EMA codebook's state keeps it unsplit); not LFQ's and BSQ's
@@ -275,6 +297,11 @@ def draw_codebook(model, test_src, workdir: str, summary: dict | None = None, *,
             from vqjax import quantizers
 
             z = np.asarray(quantizers.l2_normalize(z))
+    elif hasattr(q, "part_dim"):  # grouped VQ: part 1's codebook against the first D/H channels
+        z = z[:, : q.part_dim]
+        idx = np.asarray(q.encode(z_e))[..., 0].reshape(-1)
+        counts = np.bincount(idx, minlength=q.num_codes)
+        title = f"part 1 of {q.num_stages}: {np.mean(counts > 0):.0%} of {q.num_codes} codes used by {len(x)} images"
     else:  # residual VQ: the first stage's codebook against the encoder outputs
         idx = np.asarray(q.encode(z_e))[..., 0].reshape(-1)
         counts = np.bincount(idx, minlength=q.num_codes)

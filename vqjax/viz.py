@@ -284,3 +284,35 @@ def save_sweep_plot(
     fig.tight_layout()
     fig.savefig(os.fspath(path))
     plt.close(fig)
+
+
+def save_labeled_points(
+    path: str | os.PathLike,
+    points: dict[str, tuple[float, list[float]]],
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+) -> None:
+    """One labelled point per entry ``label: (x, [y over repeats])``: the mean of the repeats, a bar
+    from their min to their max, each repeat a small dot (methods of a study against their rate)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=120)
+    for i, (label, (x, ys)) in enumerate(points.items()):
+        ys = np.asarray(ys, np.float64).reshape(-1)
+        if ys.size == 0:
+            continue
+        color = plt.cm.tab20(i % 20)
+        mean = float(ys.mean())
+        ax.errorbar([x], [mean], yerr=[[mean - ys.min()], [ys.max() - mean]], fmt="o", color=color, ms=5,
+                    capsize=3, label=label)
+        ax.plot(np.full(ys.shape, x), ys, ".", color=color, ms=3)
+    _label(ax, xlabel, ylabel, title)
+    ax.legend(fontsize=6, ncol=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)

@@ -1,6 +1,6 @@
 """Flax NNX modules that wrap the pure core."""
 
-from vqjax.nn._codebook_variants import FactorizedVectorQuantizer, FrozenCodebook, SimVQ
+from vqjax.nn._codebook_variants import FactorizedVectorQuantizer, FrozenCodebook, GroupedVectorQuantizer, SimVQ
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
 from vqjax.nn._lookup_free import BinarySphericalQuantizer, LookupFreeQuantizer
 from vqjax.nn._make_quantizer import QUANTIZERS, make_quantizer
@@ -16,6 +16,7 @@ from vqjax.nn._quantizers import (
     VectorQuantizer,
 )
 from vqjax.nn._sampling import sample_codes
+from vqjax.nn._stochastic import GumbelVectorQuantizer, StochasticVectorQuantizer
 from vqjax.nn._vae import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, VAEOutput
 from vqjax.nn._vib import VIBClassifier
 from vqjax.nn._vqvae import VQVAE, Decoder, Encoder, VQVAEOutput
@@ -37,9 +38,11 @@ __all__ = [
     "FactorizedVectorQuantizer",
     "FiniteScalarQuantizer",
     "FrozenCodebook",
+    "GroupedVectorQuantizer",
     "GatedLayer",
     "GatedPixelCNN",
     "GroupedGenerator",
+    "GumbelVectorQuantizer",
     "HierarchicalPrior",
     "Hyperparameter",
     "LookupFreeQuantizer",
@@ -49,6 +52,7 @@ __all__ = [
     "ResidualBlock",
     "ResidualVectorQuantizer",
     "SimVQ",
+    "StochasticVectorQuantizer",
     "SubpixelConvTranspose",
     "VAEOutput",
     "VIBClassifier",

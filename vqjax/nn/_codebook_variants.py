@@ -8,6 +8,8 @@ have ``num_codes``, ``num_stages``, ``code_dim``, ``encode``, ``decode`` and ``c
   ``E = C W``, so the codebook loss of the selected codes moves every code.
 - :class:`FactorizedVectorQuantizer` (Yu et al., 2022, ViT-VQGAN): lookup by cosine similarity in a
   learned low-dimensional space, the code projected back to ``D``.
+- :class:`GroupedVectorQuantizer`: multi-head / product quantization, ``H`` parts of ``D/H``
+  channels each with its own ``K``-code codebook (or one shared), ``K^H`` product codes from ``H·K``.
 
 Precision: the input is upcast to float32 (:func:`vqjax.nn._precision.to_float32`); projections,
 distances, indices and losses are float32 and ``z_q`` comes back in the input's dtype.
@@ -22,9 +24,9 @@ from flax import nnx
 from vqjax import losses, quantizers
 from vqjax._checks import check_positive_int
 from vqjax.nn._precision import to_float32
-from vqjax.nn._quantizers import QuantizerOutput
+from vqjax.nn._quantizers import QuantizerOutput, _uniform_codebook
 
-__all__ = ["FactorizedVectorQuantizer", "FrozenCodebook", "SimVQ"]
+__all__ = ["FactorizedVectorQuantizer", "FrozenCodebook", "GroupedVectorQuantizer", "SimVQ"]
 
 
 class FrozenCodebook(nnx.Variable):
@@ -156,3 +158,48 @@ class FactorizedVectorQuantizer(nnx.Module):
 
     def codebook_vectors(self) -> jax.Array:
         return self.project_out(self._codes_low())
+
+
+class GroupedVectorQuantizer(nnx.Module):
+    r"""Grouped (multi-head) VQ / product quantization (:func:`vqjax.quantizers.grouped_quantize`).
+
+    ``z [..., D]`` is split into ``heads`` parts of ``D/H`` channels; part ``h`` goes to its nearest
+    code in its own learned codebook ``e^(h) [K, D/H]`` (``shared=True``: one codebook for all parts).
+    The product codebook has ``K^H`` codes, ``H·log2 K`` bits per latent, from ``H·K`` stored codes.
+    Losses as :class:`VectorQuantizer`'s, summed over the parts (the squared distance is a sum over
+    them)::
+
+        codebook loss ||sg[z] - q(z)||² = Σ_h ||sg[z^(h)] - e^(h)_{k_h}||²,  commitment ||z - sg[q(z)]||²
+
+    Indices are ``[..., H]`` with ``num_stages = H`` and ``num_codes = K`` per part, so usage metrics
+    (perplexity, codes used) are per part, averaged over parts as for residual VQ's stages.
+    ``codebook_vectors()`` is ``[H·K, D/H]`` (``[K, D/H]`` shared); ``part_dim`` is ``D/H``.
+    Codebooks start ``U(-1/K, 1/K)`` as the paper's single codebook.
+    """
+
+    def __init__(self, num_codes: int, code_dim: int, *, heads: int = 2, shared: bool = False, rngs: nnx.Rngs):
+        for name, v in (("num_codes", num_codes), ("code_dim", code_dim), ("heads", heads)):
+            check_positive_int(v, name)
+        if code_dim % heads:
+            raise ValueError(f"`code_dim` must be a multiple of `heads` = {heads} (D/H channels per part); "
+                             f"got code_dim={code_dim}.")
+        self.num_codes, self.code_dim, self.heads, self.shared = num_codes, code_dim, heads, bool(shared)
+        self.num_stages, self.part_dim = heads, code_dim // heads
+        shape = (num_codes, self.part_dim) if shared else (heads, num_codes, self.part_dim)
+        self.codebooks = nnx.Param(_uniform_codebook(rngs.params(), shape, num_codes))
+
+    def __call__(self, z: jax.Array, *, key: jax.Array | None = None) -> QuantizerOutput:
+        del key
+        z, dtype = to_float32(z)
+        q = quantizers.grouped_quantize(z, self.codebooks[...])
+        return QuantizerOutput(q.z_q.astype(dtype), q.indices, losses.codebook_loss(z, q.codes),
+                               losses.commitment_loss(z, q.codes, beta=1.0), _no_restart())
+
+    def encode(self, z: jax.Array) -> jax.Array:
+        return quantizers.grouped_quantize(to_float32(z)[0], self.codebooks[...]).indices
+
+    def decode(self, indices: jax.Array) -> jax.Array:
+        return quantizers.grouped_lookup(indices, self.codebooks[...])
+
+    def codebook_vectors(self) -> jax.Array:
+        return self.codebooks[...].reshape(-1, self.part_dim)

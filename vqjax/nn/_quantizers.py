@@ -93,28 +93,99 @@ class VectorQuantizer(nnx.Module):
     encoder. With ``cosine=True`` search and losses use l2-normalised vectors and codes. With
     ``rotation_trick=True`` the gradient reaches the encoder through :func:`vqjax.quantizers.rotation_trick`
     (Fifty et al., 2024) instead of the straight-through copy.
+
+    ``dead_code_threshold > 0``: dead-code restarts for the learned codebook (vector-quantize-pytorch's
+    ``threshold_ema_dead_code`` with a learnable codebook). In training mode each call updates an EMA
+    of each code's usage, ``N_i ← γ N_i + (1 - γ) n_i`` (bias-corrected by ``1 - γ^t``, as the EMA
+    codebook's), and re-seeds every code with ``N_i`` below the threshold (vectors per batch) at a
+    random encoder output of the batch (:func:`vqjax.quantizers.restart_dead_codes`). The codebook
+    the loss trains is the parameter ``e`` plus a non-trainable ``restart_offset`` (a
+    :class:`CodebookStatistic`, 0 until a restart): a restart sets the offset row to ``z_r - e_i``,
+    so the effective code is ``z_r`` and the codebook loss trains it from there (the optimizer's
+    moments of ``e_i`` are kept, as the peer's in-place restart keeps them). ``decay`` γ and the
+    threshold are :class:`Hyperparameter` state; ``key`` is needed in training mode.
+
+    ``affine=True``: the affine reparameterisation of Huh et al. (2023),
+    :func:`vqjax.quantizers.affine_codebook`: the codes are ``c_k = scale ⊙ e_k + shift`` with
+    per-channel ``scale``, ``shift`` ``[D]`` (``nnx.Param``, 1 and 0 at the start). Search, losses,
+    ``encode``, ``decode`` and ``codebook_vectors`` all use ``c`` (plus ``restart_offset``, added after
+    the affine map, so that a restarted code is exactly its encoder output); the codebook loss trains
+    ``e``, ``scale`` and ``shift``, and the shared two move every code. ``sync_nu`` ν > 0: their
+    synchronised update, :func:`vqjax.quantizers.synchronized_update`: ``z_q``'s gradient reaches the
+    encoder unchanged (or through the rotation trick) and the selected codes (so ``e``, ``scale``,
+    ``shift``) as ``ν`` times itself, besides the codebook loss. ν = 0: plain straight-through.
     """
 
     num_stages = 1
 
     def __init__(self, num_codes: int, code_dim: int, *, cosine: bool = False, rotation_trick: bool = False,
+                 dead_code_threshold: float = 0.0, decay: float = 0.99, affine: bool = False, sync_nu: float = 0.0,
                  rngs: nnx.Rngs):
         _check_positive(num_codes=num_codes, code_dim=code_dim)
+        try:
+            nu = float(sync_nu) if not isinstance(sync_nu, bool | str | bytes) else float("nan")
+        except (TypeError, ValueError):
+            nu = float("nan")
+        if not 0.0 <= nu < float("inf"):
+            raise ValueError(f"`sync_nu` must be a finite number >= 0 (0: plain straight-through); got {sync_nu!r}.")
+        self.affine, self.sync_nu = bool(affine), nu
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"`decay` must be in [0, 1); got {decay!r}.")
+        if dead_code_threshold < 0:
+            raise ValueError(f"`dead_code_threshold` must be >= 0 (0: no restarts); got {dead_code_threshold!r}.")
         self.num_codes, self.code_dim, self.cosine = num_codes, code_dim, cosine
         self.rotation_trick = bool(rotation_trick)
         self.codebook = nnx.Param(_uniform_codebook(rngs.params(), (num_codes, code_dim), num_codes))
+        if self.affine:  # c_k = scale ⊙ e_k + shift, identity at the start
+            self.scale = nnx.Param(jnp.ones((code_dim,), jnp.float32))
+            self.shift = nnx.Param(jnp.zeros((code_dim,), jnp.float32))
+        self.restarts = dead_code_threshold > 0
+        if self.restarts:
+            self.decay = Hyperparameter(jnp.float32(decay))  # state: a sweep may vary it per run
+            self.dead_code_threshold = Hyperparameter(jnp.float32(dead_code_threshold))
+            self.restart_offset = CodebookStatistic(jnp.zeros((num_codes, code_dim), jnp.float32))
+            self.usage = CodebookStatistic(jnp.zeros((num_codes,), jnp.float32))  # N_i, uncorrected
+            self.usage_weight = CodebookStatistic(jnp.zeros((), jnp.float32))  # 1 - γ^t
+            self.deterministic = False  # nnx convention: model.eval() sets True, model.train() False
+
+    def _raw_codes(self) -> jax.Array:
+        e = self.codebook[...]
+        if self.affine:
+            e = quantizers.affine_codebook(e, self.scale[...], self.shift[...])
+        return e + self.restart_offset[...] if self.restarts else e
 
     def _codes(self) -> jax.Array:
-        e = self.codebook[...]
+        e = self._raw_codes()
         return quantizers.l2_normalize(e) if self.cosine else e
 
     def __call__(self, z: jax.Array, *, key: jax.Array | None = None) -> QuantizerOutput:
-        del key
         z, dtype = to_float32(z)  # search and losses in float32; z_q in the input's dtype
-        q = quantizers.quantize(z, self.codebook[...], cosine=self.cosine, rotation_trick=self.rotation_trick)
+        q = quantizers.quantize(z, self._raw_codes(), cosine=self.cosine, rotation_trick=self.rotation_trick)
         z_in = quantizers.l2_normalize(z) if self.cosine else z
-        return QuantizerOutput(q.z_q.astype(dtype), q.indices, losses.codebook_loss(z_in, q.codes),
-                               losses.commitment_loss(z_in, q.codes, beta=1.0), jnp.zeros((), jnp.int32))
+        z_q = q.z_q
+        if self.sync_nu > 0:  # the codes also get ν × the decoder's gradient (Huh et al., 2023)
+            z_q = quantizers.synchronized_update(z_in, q.codes, self.sync_nu, rotation_trick=self.rotation_trick)
+        restarted = jnp.zeros((), jnp.int32)
+        if self.restarts and not self.deterministic:
+            if key is None:
+                raise ValueError("VectorQuantizer with dead-code restarts needs `key` in training mode.")
+            restarted = self._restart(z_in, q.indices, key)
+        return QuantizerOutput(z_q.astype(dtype), q.indices, losses.codebook_loss(z_in, q.codes),
+                               losses.commitment_loss(z_in, q.codes, beta=1.0), restarted)
+
+    def _restart(self, z: jax.Array, indices: jax.Array, key: jax.Array) -> jax.Array:
+        """Update the usage EMA, re-seed the dead codes (offset rows), return how many were re-seeded."""
+        decay = self.decay[...]
+        counts = jnp.bincount(indices.reshape(-1), length=self.num_codes).astype(jnp.float32)
+        usage = decay * self.usage[...] + (1.0 - decay) * counts
+        weight = decay * self.usage_weight[...] + (1.0 - decay)
+        codes = jax.lax.stop_gradient(self._raw_codes())
+        state = quantizers.EMAState(codes, usage, usage[:, None] * codes, weight)
+        state, dead = quantizers.restart_dead_codes(state, jax.lax.stop_gradient(z), key=key,
+                                                    threshold=self.dead_code_threshold[...], cosine=self.cosine)
+        self.restart_offset[...] = self.restart_offset[...] + (state.codebook - codes)
+        self.usage[...], self.usage_weight[...] = state.cluster_size, weight
+        return jnp.sum(dead, dtype=jnp.int32)
 
     def encode(self, z: jax.Array) -> jax.Array:
         z, _ = to_float32(z)
@@ -127,8 +198,13 @@ class VectorQuantizer(nnx.Module):
         return self._codes()
 
     def initialize(self, z: jax.Array, key: jax.Array) -> None:
-        """Fit the codebook to ``z [..., D]`` by generalized Lloyd (k-means) before training."""
+        """Fit the codebook to ``z [..., D]`` by generalized Lloyd (k-means) before training (with
+        ``affine``: ``e`` the fitted codes, ``scale`` 1 and ``shift`` 0, so that ``c = e``)."""
         self.codebook[...] = _lloyd_codebook(z.reshape(-1, self.code_dim), self.num_codes, key, self.cosine)
+        if self.affine:
+            self.scale[...], self.shift[...] = jnp.ones_like(self.scale[...]), jnp.zeros_like(self.shift[...])
+        if self.restarts:
+            self.restart_offset[...] = jnp.zeros_like(self.restart_offset[...])
 
 
 def _ema_step(state: quantizers.EMAState, z, indices, key, *, decay, eps, threshold, restarts, cosine):
@@ -284,6 +360,19 @@ class ResidualVectorQuantizer(nnx.Module):
     the stages' updates ``vmap``-ed), with optional dead-code restarts; commitment losses only.
     Indices are ``[..., S]``. ``rotation_trick=True``: each stage's gradient goes through
     :func:`vqjax.quantizers.rotation_trick` (see :func:`vqjax.quantizers.residual_quantize`).
+
+    ``shared_codebook=True``: one ``[K, D]`` codebook used at every stage (its gradient, or with
+    ``ema=True`` its one EMA update, gathers every stage's residuals); ``codebook_vectors`` is then
+    ``[K, D]`` and :meth:`initialize` fits it to the first stage's input.
+
+    ``quantize_dropout=True`` (SoundStream, Zeghidour et al. 2021, §3.3): in training mode each
+    example (the first axis of ``z``: an image, whose positions all share it) keeps only its first
+    ``n ~ U{1 … S}`` stages (:func:`vqjax.quantizers.quantize_dropout_stages`, drawn with ``key``,
+    which training mode then requires); the later stages contribute nothing to ``z_q``, have index
+    -1, zero losses and no EMA update. In eval mode (``model.eval()``) every stage is used. One n
+    per example, as the paper, rather than vector-quantize-pytorch's one n per batch: every step
+    trains every bitrate (a gradient of lower variance), and data-parallel devices need no shared
+    draw (the peer all-reduces a seed to agree on its n).
     """
 
     def __init__(
@@ -297,10 +386,13 @@ class ResidualVectorQuantizer(nnx.Module):
         eps: float = 1e-5,
         dead_code_threshold: float = 0.0,
         rotation_trick: bool = False,
+        shared_codebook: bool = False,
+        quantize_dropout: bool = False,
         rngs: nnx.Rngs,
     ):
         _check_positive(num_codes=num_codes, code_dim=code_dim, num_stages=num_stages)
         self.rotation_trick = bool(rotation_trick)
+        self.shared_codebook, self.quantize_dropout = bool(shared_codebook), bool(quantize_dropout)
         self.num_codes, self.code_dim, self.num_stages, self.ema_codebooks = num_codes, code_dim, num_stages, ema
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"`decay` must be in [0, 1); got {decay!r}.")
@@ -310,7 +402,8 @@ class ResidualVectorQuantizer(nnx.Module):
         self.decay = Hyperparameter(jnp.float32(decay))  # state: a sweep may vary it per run
         self.dead_code_threshold = Hyperparameter(jnp.float32(dead_code_threshold))
         self.deterministic = False
-        codebooks = _uniform_codebook(rngs.params(), (num_stages, num_codes, code_dim), num_codes)
+        shape = (num_codes, code_dim) if self.shared_codebook else (num_stages, num_codes, code_dim)
+        codebooks = _uniform_codebook(rngs.params(), shape, num_codes)
         if ema:
             self.ema = _EMAStatistics(codebooks)
         else:
@@ -319,46 +412,68 @@ class ResidualVectorQuantizer(nnx.Module):
     def _codebooks(self) -> jax.Array:
         return self.ema.codebook[...] if self.ema_codebooks else self.codebooks[...]
 
-    def __call__(self, z: jax.Array, *, key: jax.Array | None = None) -> QuantizerOutput:
+    def _num_active(self, z: jax.Array, key: jax.Array | None) -> tuple[jax.Array | None, jax.Array | None]:
+        """``(n [B] or None, the key left for restarts)``: quantize dropout's stages in training mode."""
+        if not self.quantize_dropout or self.deterministic:
+            return None, key
+        if key is None:
+            raise ValueError("ResidualVectorQuantizer with quantize_dropout needs `key` in training mode.")
+        key, sub = jax.random.split(key)
+        return quantizers.quantize_dropout_stages(sub, z.shape[:1], self.num_stages), key
+
+    def __call__(self, z: jax.Array, *, key: jax.Array | None = None,
+                 num_active: jax.Array | None = None) -> QuantizerOutput:
+        """Quantize ``z [..., D]``; ``num_active`` (int, ``[]`` or ``[B]``): use only the first n stages,
+        in any mode (e.g. a lower bitrate in eval mode), instead of quantize dropout's draw."""
         z, dtype = to_float32(z)  # residuals, search and statistics in float32; z_q in the input's dtype
-        r = quantizers.residual_quantize(z, self._codebooks(), rotation_trick=self.rotation_trick)
+        if num_active is None:
+            num_active, key = self._num_active(z, key)
+        r = quantizers.residual_quantize(z, self._codebooks(), num_stages=self.num_stages, num_active=num_active,
+                                         rotation_trick=self.rotation_trick)
         stage_losses = jax.vmap(lambda res, code: (losses.codebook_loss(res, code), losses.commitment_loss(res, code, beta=1.0)))
-        codebook, commitment = (jnp.sum(t, axis=0) for t in stage_losses(r.residuals, r.codes))
+        used = jnp.moveaxis(r.indices >= 0, -1, 0)  # [S, ...]: False for the stages quantize dropout skipped
+        codebook, commitment = (jnp.sum(jnp.where(used, t, 0.0), axis=0) for t in stage_losses(r.residuals, r.codes))
         restarted = jnp.zeros((), jnp.int32)
         if self.ema_codebooks:
             codebook = _zero_loss(z)
             if not self.deterministic:
                 if self.restarts and key is None:
                     raise ValueError("ResidualVectorQuantizer with dead-code restarts needs `key` in training mode.")
-                keys = jax.random.split(key if key is not None else jax.random.key(0), self.num_stages)
+                key = key if key is not None else jax.random.key(0)
                 decay, threshold = self.decay[...], self.dead_code_threshold[...]
-                step = jax.vmap(lambda s, res, idx, k: _ema_step(
+                step = lambda s, res, idx, k: _ema_step(
                     s, res, idx, k, decay=decay, eps=self.eps, threshold=threshold, restarts=self.restarts,
-                    cosine=False))
-                state, per_stage = step(self.ema.get(), r.residuals, jnp.moveaxis(r.indices, -1, 0), keys)
+                    cosine=False)
+                stage_indices = jnp.moveaxis(r.indices, -1, 0)  # -1 (dropped): not counted by the EMA
+                if self.shared_codebook:  # one update from every stage's residuals
+                    state, restarted = step(self.ema.get(), r.residuals, stage_indices, key)
+                else:
+                    keys = jax.random.split(key, self.num_stages)
+                    state, per_stage = jax.vmap(step)(self.ema.get(), r.residuals, stage_indices, keys)
+                    restarted = jnp.sum(per_stage)
                 self.ema.set(state)
-                restarted = jnp.sum(per_stage)
         return QuantizerOutput(r.z_q.astype(dtype), r.indices, codebook, commitment, restarted)
 
     def encode(self, z: jax.Array) -> jax.Array:
-        return quantizers.residual_quantize(to_float32(z)[0], self._codebooks()).indices
+        return quantizers.residual_quantize(to_float32(z)[0], self._codebooks(), num_stages=self.num_stages).indices
 
     def decode(self, indices: jax.Array) -> jax.Array:
+        """``[..., S]`` indices -> ``[..., D]``; an index -1 (a stage quantize dropout skipped) adds nothing."""
         return quantizers.residual_lookup(indices, self._codebooks())
 
     def codebook_vectors(self) -> jax.Array:
         return self._codebooks().reshape(-1, self.code_dim)
 
     def initialize(self, z: jax.Array, key: jax.Array) -> None:
-        """Stage by stage, generalized Lloyd on the residuals the earlier stages leave."""
+        """Stage by stage, generalized Lloyd on the residuals the earlier stages leave (shared: on ``z``)."""
         r = z.reshape(-1, self.code_dim)
         books = []
-        for s in range(self.num_stages):
+        for s in range(1 if self.shared_codebook else self.num_stages):
             book = _lloyd_codebook(r, self.num_codes, jax.random.fold_in(key, s), False)
             r = r - quantizers.lookup(quantizers.nearest_code(r, book), book)
             books.append(book)
-        books = jnp.stack(books)
+        books = books[0] if self.shared_codebook else jnp.stack(books)
         if self.ema_codebooks:
-            self.ema.set(jax.vmap(quantizers.ema_init)(books))
+            self.ema.set(quantizers.ema_init(books) if self.shared_codebook else jax.vmap(quantizers.ema_init)(books))
         else:
             self.codebooks[...] = books

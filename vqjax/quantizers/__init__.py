@@ -5,14 +5,17 @@
 - ``_fsq``: finite scalar quantization, uniform (FSQ) or with Lloyd-Max levels
   (:func:`lloyd_max_levels`, from the neutral ``vqjax._lloyd_max``: this package never imports
   :mod:`vqjax.quantization`, which builds on it).
-- ``_residual``: residual VQ, several codebooks on successive residuals.
+- ``_residual``: residual VQ, several codebooks on successive residuals (quantize dropout, a shared
+  codebook, grouped residual VQ, residual FSQ and LFQ).
 - ``_lfq``, ``_bsq``: lookup-free (LFQ) and binary spherical (BSQ) quantization, ``{±1}^D`` codes, entropy losses.
 - ``_grouped``: grouped / multi-head VQ and product quantization, a codebook per part of ``z``.
 - ``_rotation``: the rotation trick, a gradient estimator through VQ other than straight-through.
+- ``_affine``: the affine codebook reparameterisation and the synchronised update (Huh et al., 2023).
 - ``_stochastic``: sampled codes (straight-through categorical, Gumbel-softmax) and a temperature schedule.
 """
 
 from vqjax._lloyd_max import lloyd_max_levels
+from vqjax.quantizers._affine import affine_codebook, synchronized_update
 from vqjax.quantizers._bsq import bsq, bsq_entropy_loss, bsq_indices_to_codes
 from vqjax.quantizers._ema import (
     EMAState,
@@ -35,7 +38,18 @@ from vqjax.quantizers._fsq import (
 )
 from vqjax.quantizers._grouped import GroupedQuantized, grouped_lookup, grouped_quantize
 from vqjax.quantizers._lfq import lfq, lfq_codes_to_indices, lfq_entropy_loss, lfq_indices_to_codes
-from vqjax.quantizers._residual import ResidualQuantized, residual_lookup, residual_quantize
+from vqjax.quantizers._residual import (
+    ResidualQuantized,
+    grouped_residual_lookup,
+    grouped_residual_quantize,
+    quantize_dropout_stages,
+    residual_fsq,
+    residual_fsq_indices_to_codes,
+    residual_lfq,
+    residual_lfq_indices_to_codes,
+    residual_lookup,
+    residual_quantize,
+)
 from vqjax.quantizers._rotation import rotation_trick
 from vqjax.quantizers._stochastic import SampledCodes, sample_code, temperature_schedule
 from vqjax.quantizers._vq import (
@@ -59,6 +73,7 @@ __all__ = [
     "Quantized",
     "ResidualQuantized",
     "SampledCodes",
+    "affine_codebook",
     "bsq",
     "bsq_entropy_loss",
     "bsq_indices_to_codes",
@@ -76,6 +91,8 @@ __all__ = [
     "fsq_range_loss",
     "grouped_lookup",
     "grouped_quantize",
+    "grouped_residual_lookup",
+    "grouped_residual_quantize",
     "l2_normalize",
     "lfq",
     "lfq_codes_to_indices",
@@ -86,6 +103,11 @@ __all__ = [
     "nearest_code",
     "perplexity",
     "quantize",
+    "quantize_dropout_stages",
+    "residual_fsq",
+    "residual_fsq_indices_to_codes",
+    "residual_lfq",
+    "residual_lfq_indices_to_codes",
     "residual_lookup",
     "residual_quantize",
     "restart_dead_codes",
@@ -94,5 +116,6 @@ __all__ = [
     "scalar_quantize",
     "squared_distances",
     "straight_through",
+    "synchronized_update",
     "temperature_schedule",
 ]
