@@ -81,8 +81,8 @@ CASES = {
     "cosine": ("EMA VQ, cosine-similarity codebook", (N, K, D)),
     "grouped": (f"grouped VQ, {HEADS} heads, EMA", (N, K, D)),
     "simvq": ("SimVQ + rotation trick", (N, K, D)),
-    "lfq": (f"LFQ + entropy loss, {BITS} bits", (N, 2**BITS, BITS)),
-    "bsq": (f"BSQ + entropy loss, {BITS} bits", (N, 2**BITS, BITS)),
+    "lfq": ("LFQ + entropy loss (D bits)", (N, 2**BITS, BITS)),
+    "bsq": ("BSQ + entropy loss (D bits)", (N, 2**BITS, BITS)),
     "fsq": (f"FSQ {FSQ_LEVELS}", (N, int(np.prod(FSQ_LEVELS)), len(FSQ_LEVELS))),
     "residual": (f"residual VQ, {STAGES} EMA stages", (N, K, D)),
 }
@@ -381,6 +381,9 @@ def check_case(case: str, z, codebooks, w) -> dict:
     result = {"n": int(z.shape[0]), "indices_differing": int(np.sum(np.any(idx != idx_t, axis=1))),
               "grad_z_max_abs_diff": float(np.max(np.abs(grad_z - grad_t))),
               "grad_z_max_abs": float(np.max(np.abs(grad_t)))}
+    if case == "residual":  # the peer's decoder gradient is S × w / N (every stage's straight-through output)
+        extra = (STAGES - 1) * w / z.shape[0]
+        result["grad_z_max_abs_diff_less_peer_extra"] = float(np.max(np.abs(grad_z - (grad_t - extra))))
     if case == "simvq":
         result["params_max_abs_diff"] = float(np.max(np.abs(np.asarray(new_state[1]) -
                                                             module.code_transform.weight.detach().numpy().T)))

@@ -28,7 +28,8 @@ peak RSS over the warm-up and timed calls above its RSS just before them. Each v
 step of both sides from the same inputs and codebook (indices, gradient w.r.t. z, SGD-updated parameters).
 
 Peers that are not installed (the ``bench`` extra) get rows that say so; the vqjax rows still run.
-Results: markdown tables on stdout and ``benchmarks/results/quantizer.json``.
+Results: markdown tables on stdout and ``benchmarks/results/quantizer.json`` (``--parts variants`` alone:
+``quantizer_variants.json``; ``--quick``: ``*-quick.json``).
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def run_variant_worker(impl: str, case: str, shape, repeats: int) -> dict:
                 result["check"] = _variants.check_case(case, *inputs)
                 if case == "fsq":
                     result["check"].update(_variants.check_fsq(inputs[0]))
-            except Exception as e:  # a failed check is reported, the timing is kept
+            except Exception as e:  # noqa: BLE001 -- a failed check is reported, the timing is kept
                 result["check"] = {"error": f"{type(e).__name__}: {e}"}
     return result
 
@@ -261,6 +262,9 @@ def variant_check_line(label: str, check: dict) -> str:
         return f"- {label}: no check against vector-quantize-pytorch: {_common.not_run(check, width=200)}."
     line = (f"- {label}: indices differ for {check['indices_differing']} of {check['n']} vectors; max |Δ grad z| "
             f"{check['grad_z_max_abs_diff']:.2g} (max |grad z| {check['grad_z_max_abs']:.2g})")
+    if "grad_z_max_abs_diff_less_peer_extra" in check:
+        line += (f", {check['grad_z_max_abs_diff_less_peer_extra']:.2g} once the peer's extra (S − 1)·w/N is "
+                 "removed (its decoder gradient goes through every stage's straight-through output)")
     if "params_max_abs_diff" in check:
         line += f"; max |Δ| of the SGD-updated codebook parameters {check['params_max_abs_diff']:.2g}"
     if "fsq_codes_max_abs_diff" in check:
@@ -399,7 +403,8 @@ def main(argv=None) -> None:
                    help="base: the paper's quantizer vs haiku/VQP/faiss; variants: the codebook variants vs VQP")
     p.add_argument("--cases", nargs="+", choices=list(_variants.CASES), default=list(_variants.CASES),
                    help="codebook variants to run (with --parts variants)")
-    p.add_argument("--out", help="JSON path (default benchmarks/results/quantizer[-quick].json)")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/quantizer[-quick].json; "
+                   "quantizer_variants[-quick].json with --parts variants alone)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--shape", type=parse_shape, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -440,8 +445,9 @@ def main(argv=None) -> None:
             if r["impl"] == "vqjax" and "check" in r:
                 print(variant_check_line(r["label"], r["check"]))
 
-    out = args.out or os.path.join(_common.RESULTS_DIR, "quantizer-quick.json" if args.quick else "quantizer.json")
-    _common.write_json(out, {"environment": env, "repeats": repeats, "warmup": WARMUP, "beta": BETA,
+    name = "quantizer_variants" if args.parts == ["variants"] else "quantizer"  # never clobber the base results
+    out = args.out or os.path.join(_common.RESULTS_DIR, f"{name}-quick.json" if args.quick else f"{name}.json")
+    _common.write_json(out, {"environment": env, "quick": args.quick, "repeats": repeats, "warmup": WARMUP, "beta": BETA,
                              "matmul_blas": blas, "notes": notes(blas), "rows": rows, "checks": checks,
                              "variant_notes": VARIANT_NOTES, "variant_rows": variant_rows})
 

@@ -40,15 +40,21 @@ from vqjax import objectives, training
 from vqjax.nn import VQVAE2, HierarchicalPrior, make_quantizer
 
 KINDS = ("vq", "ema", "fsq")  # one-stage quantizers: VQVAE2 has one per level
+# What vqvae_mnist's quantizer config has and a level's quantizer does not take.
+UNUSED_BLOCKS = ("residual", "lookup_free", "factorized", "grouped", "stochastic")
+UNUSED_CODEBOOK_FIELDS = ("init", "orthogonality_weight", "entropy_weight", "entropy_temperature")
 
 
 def quantizer_config() -> ml_collections.ConfigDict:
     """``config.model.quantizer``, as :func:`experiments.vqvae_mnist.quantizer_config` for the kinds a
-    level takes (``vq``, ``ema``, ``fsq``; no residual, no Lloyd initialisation): EMA codebooks with
-    dead-code restarts (< 1 vector per batch) by default. Both levels get the same quantizer."""
+    level takes (``vq``, ``ema``, ``fsq``; no residual, no Lloyd initialisation, no codebook regularisers):
+    EMA codebooks with dead-code restarts (< 1 vector per batch) by default. Both levels get the same
+    quantizer."""
     q = vqvae_mnist.quantizer_config()
-    del q.residual
-    del q.codebook.init
+    for block in UNUSED_BLOCKS:
+        del q[block]
+    for field in UNUSED_CODEBOOK_FIELDS:
+        del q.codebook[field]
     q.kind = "ema"
     q.ema.dead_code_threshold = 1.0
     return q
@@ -84,7 +90,7 @@ CONFIG_RULES = {
     **{k: r for k, r in vqvae_mnist.CONFIG_RULES.items() if not k.startswith("model.quantizer.")},
     **training.nested("model.quantizer", {
         **{k: r for k, r in vqvae_mnist.QUANTIZER_RULES.items()
-           if not k.startswith("residual.") and k != "codebook.init"},
+           if k.split(".")[0] not in UNUSED_BLOCKS and k.removeprefix("codebook.") not in UNUSED_CODEBOOK_FIELDS},
         "kind": training.one_of(*KINDS)}),
     **training.nested("prior", _SHARED_PRIOR),
     "prior.model.hidden": training.integer(min=1),
@@ -111,8 +117,10 @@ def make_vqvae2(config: ml_collections.ConfigDict, rngs, image_shape: tuple[int,
 
     def quantizer():
         return make_quantizer(q.kind, num_codes=q.codebook.num_codes, code_dim=q.codebook.code_dim,
-                              cosine=q.codebook.cosine, decay=q.ema.decay, eps=q.ema.eps,
-                              dead_code_threshold=q.ema.dead_code_threshold, fsq_levels=tuple(q.fsq.levels),
+                              cosine=q.codebook.cosine, rotation_trick=q.codebook.get("rotation_trick", False),
+                              affine=q.codebook.get("affine", False), sync_nu=q.codebook.get("sync_nu", 0.0),
+                              decay=q.ema.decay, eps=q.ema.eps,
+                              dead_code_threshold=vqvae_mnist.dead_code_threshold(q), fsq_levels=tuple(q.fsq.levels),
                               lloyd_max=q.fsq.lloyd_max, fsq_range_loss=q.fsq.range_loss, rngs=rngs)
 
     return VQVAE2(in_channels=image_shape[-1], top=quantizer(), bottom=quantizer(), hidden=m.hidden,
@@ -139,7 +147,8 @@ def build_vqvae2(config: ml_collections.ConfigDict):
         model=lambda rngs: make_vqvae2(config, rngs, shape), objective=objective, hparams={"model.beta": m.beta},
         # EMA γ and the dead-code threshold live in the quantizers' state (as in experiments.vqvae_mnist)
         state_hparams=("model.quantizer.ema.decay", "model.quantizer.ema.dead_code_threshold")
-        if m.quantizer.kind == "ema" else (),
+        if m.quantizer.kind == "ema" else ("model.quantizer.ema.decay", "model.quantizer.codebook.dead_code_threshold")
+        if m.quantizer.kind == "vq" and vqvae_mnist.dead_code_threshold(m.quantizer) > 0 else (),
         reporters=(_reporters.reconstructions(reconstruct),))
 
 

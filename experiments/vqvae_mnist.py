@@ -7,6 +7,8 @@
     python -m experiments.vqvae_mnist --config.model.quantizer.kind=ema --config.model.quantizer.ema.dead_code_threshold=1
     python -m experiments.vqvae_mnist --config.model.quantizer.kind=fsq --config.model.quantizer.fsq.levels=8,8,8
     python -m experiments.vqvae_mnist --config.model.quantizer.kind=residual --config.model.quantizer.residual.num_stages=4
+    python -m experiments.vqvae_mnist --config.model.quantizer.kind=gumbel --config.model.quantizer.stochastic.hard=True
+    python -m experiments.vqvae_mnist --config.model.quantizer.codebook.orthogonality_weight=0.1
     python -m experiments.vqvae_mnist --config=experiments/vqvae_mnist.py:cifar10 --workdir=runs/vqvae_cifar10
         # the paper's CIFAR-10 model (needs CIFAR-10 prepared for TFDS: see the README)
 
@@ -38,6 +40,7 @@ from experiments import _program, _reporters
 from experiments.configs import common
 from vqjax import objectives, training
 from vqjax.nn import QUANTIZERS, VQVAE, FiniteScalarQuantizer, make_quantizer
+from vqjax.nn._stochastic import ESTIMATORS
 
 
 def quantizer_config() -> ml_collections.ConfigDict:
@@ -50,34 +53,60 @@ def quantizer_config() -> ml_collections.ConfigDict:
       the rotation trick of Fifty et al., 2024, instead of straight-through; off as in the paper),
       ``affine`` (``vq``: codes ``scale ⊙ e + shift`` with learned per-channel ``scale``, ``shift``) and
       ``sync_nu`` (``vq``: the synchronised update, the codes also get ν × the decoder's gradient; 0: off),
-      both of Huh et al., 2023.
+      both of Huh et al., 2023. Codebook regularisers added to the loss (:func:`vqjax.objectives.vqvae_objective`;
+      0: off): ``orthogonality_weight`` (Shin et al., 2023; codes learned by gradient: vq, simvq, stochastic,
+      gumbel, residual without EMA), ``entropy_weight`` (minus the entropy of the batch's mean soft assignment
+      ``softmax(-||z - e||²/entropy_temperature)``, or a stochastic kind's own distribution: vq, ema, simvq,
+      stochastic, gumbel).
     - ``ema`` (``ema``; ``residual`` with ``residual.ema``): EMA decay γ, Laplace smoothing ε, and
-      ``dead_code_threshold`` (re-seed codes used fewer times per batch; 0: off). ``vq`` uses
-      ``dead_code_threshold`` and ``decay`` too: restarts of the learned codebook, usage averaged with γ.
+      ``dead_code_threshold`` (re-seed codes used fewer times per batch; 0: off).
+    - ``codebook.dead_code_threshold`` (``vq``): restarts of the learned codebook (codes used fewer times per
+      batch, their usage averaged with ``ema.decay``, re-seeded at encoder outputs; 0: off). A key of its own,
+      so that a run saved before it existed (with ``ema.dead_code_threshold`` set and no effect on ``vq``)
+      loads and resumes as it trained.
     - ``fsq`` (``fsq``): ``levels`` per channel, ``lloyd_max`` levels, ``range_loss`` (β·Σ max(|z| - 2, 0)²).
-    - ``residual`` (``residual``): ``num_stages`` codebooks, ``ema`` codebooks or not.
+    - ``residual`` (``residual``, ``grouped_residual``, ``residual_fsq``, ``residual_lfq``): ``num_stages`` S
+      stages, ``ema`` codebooks or not (``residual``, ``grouped_residual``), ``quantize_dropout`` (SoundStream:
+      in training each image uses only its first ``n ~ U{1..S}`` stages; evaluation uses all; every residual
+      kind), ``shared_codebook`` (one codebook for all the stages; ``residual``, ``grouped_residual``) and
+      ``groups`` G (``grouped_residual``: ``codebook.code_dim`` split into G parts, each a residual VQ of
+      ``codebook.num_codes`` codes per stage; G·S code indices per latent). ``residual_fsq``: S FSQ grids
+      of ``fsq.levels``, each ``L`` times finer; ``residual_lfq``: S sign quantizers of ``lookup_free.bits``
+      channels, each twice finer, with ``lookup_free``'s entropy loss applied per stage.
     - ``lookup_free`` (``lfq``, ``bsq``): ``bits`` binary channels (2^bits implicit codes), the entropy
       loss's ``entropy_weight``, ``diversity_weight`` (γ), ``temperature`` τ and ``sample_fraction``.
     - ``factorized`` (``factorized``): ``code_dim_low``, the dimension of the cosine lookup; ``simvq`` and
       ``factorized`` use ``codebook.num_codes`` and ``codebook.code_dim``.
     - ``grouped`` (``grouped``): ``heads`` H parts of ``code_dim / H`` channels, each with its own codebook of
       ``codebook.num_codes`` codes (``shared``: one for all parts): ``H·log2 K`` bits per latent.
+    - ``stochastic`` (``stochastic``, ``gumbel``; with ``codebook.num_codes``, ``codebook.code_dim``): sampled codes
+      in training, the greedy code at evaluation. ``estimator`` (``stochastic``: ``"straight_through"`` or
+      ``"gumbel"``), the temperature τ annealed from ``temperature_start`` to ``temperature_end`` over
+      ``anneal_steps`` (:func:`vqjax.quantizers.temperature_schedule`; DALL-E's 1 → 1/16), ``kl_weight`` of the
+      rate ``KL(q(k|z) || U(K))`` per position in the codebook term (1: a discrete VAE's ELBO), ``hard``
+      (straight-through one-hot forward pass; ``gumbel``, or ``stochastic`` with the Gumbel estimator).
     """
     return ml_collections.ConfigDict({
         # "vq": the paper's codebook loss; "ema": EMA cluster means (appendix A.1); "fsq": finite scalar
         # quantization (no codebook); "residual": residual VQ with residual.num_stages codebooks; "lfq", "bsq":
         # lookup-free and binary spherical quantization; "simvq": a frozen random codebook times a learned
-        # linear map; "factorized": ViT-VQGAN's low-dimensional cosine codes; "grouped": multi-head / product VQ.
+        # linear map; "factorized": ViT-VQGAN's low-dimensional cosine codes; "grouped": multi-head / product VQ;
+        # "stochastic": codes sampled from softmax(-||z - e||²/τ); "gumbel": DALL-E's Gumbel-softmax bottleneck;
+        # "residual_fsq", "residual_lfq": residual FSQ / LFQ (parameter-free stages, each finer); "grouped_residual":
+        # residual.groups residual VQs on parts of the code vector.
         "kind": "vq",
         "codebook": {"num_codes": 512, "code_dim": 64, "cosine": False, "init": "uniform", "rotation_trick": False,
-                     "affine": False, "sync_nu": 0.0},
+                     "affine": False, "sync_nu": 0.0, "dead_code_threshold": 0.0,
+                     "orthogonality_weight": 0.0, "entropy_weight": 0.0, "entropy_temperature": 1.0},
         "ema": {"decay": 0.99, "eps": 1e-5, "dead_code_threshold": 0.0},
         "fsq": {"levels": (8, 8, 8), "lloyd_max": False, "range_loss": False},
-        "residual": {"num_stages": 4, "ema": False},
+        "residual": {"num_stages": 4, "ema": False, "quantize_dropout": False, "shared_codebook": False, "groups": 2},
         "lookup_free": {"bits": 9, "entropy_weight": 0.1, "diversity_weight": 1.0, "temperature": 0.01,
                         "sample_fraction": 1.0},
         "factorized": {"code_dim_low": 8},
         "grouped": {"heads": 2, "shared": False},
+        "stochastic": {"estimator": "straight_through", "temperature_start": 1.0, "temperature_end": 1 / 16,
+                       "anneal_steps": 2000, "kl_weight": 0.01, "hard": False},
     })
 
 
@@ -139,7 +168,10 @@ def get_sweep():
                             training.values("model.beta", [0.1, 0.25, 0.5, 1.0]))
 
 
-KINDS_WITH_CODEBOOK = ("vq", "ema", "residual")
+KINDS_WITH_CODEBOOK = ("vq", "ema", "residual", "grouped_residual")
+STOCHASTIC_KINDS = ("stochastic", "gumbel")
+KINDS_WITH_ORTHOGONALITY = ("vq", "simvq", "stochastic", "gumbel", "residual")  # residual: without EMA
+KINDS_WITH_ENTROPY = ("vq", "ema", "simvq", "stochastic", "gumbel")
 CODEBOOK_INITS = ("uniform", "lloyd")
 
 # The rules of `config.model.quantizer` (relative paths), every kind's settings: each is checked
@@ -156,11 +188,15 @@ QUANTIZER_RULES = {
     "ema.decay": training.number(min=0, max=1, max_open=True),  # γ in [0, 1)
     "ema.eps": training.number(min=0, min_open=True),  # Laplace smoothing ε > 0
     "ema.dead_code_threshold": training.number(min=0),  # 0: no restarts
+    "codebook.dead_code_threshold": training.number(min=0),  # vq's restarts; 0: none
     "fsq.levels": training.int_sequence(min_len=1, min=2),  # L_d >= 2 per channel
     "fsq.lloyd_max": training.boolean(),
     "fsq.range_loss": training.boolean(),
     "residual.num_stages": training.integer(min=1),
     "residual.ema": training.boolean(),
+    "residual.quantize_dropout": training.boolean(),
+    "residual.shared_codebook": training.boolean(),
+    "residual.groups": training.integer(min=1),  # grouped_residual: must divide codebook.code_dim
     "lookup_free.bits": training.integer(min=1, max=16),  # 2^bits codes counted per step: at most 65,536
     "lookup_free.entropy_weight": training.number(min=0),
     "lookup_free.diversity_weight": training.number(min=0),
@@ -169,6 +205,15 @@ QUANTIZER_RULES = {
     "factorized.code_dim_low": training.integer(min=1),
     "grouped.heads": training.integer(min=1),
     "grouped.shared": training.boolean(),
+    "codebook.orthogonality_weight": training.number(min=0),  # 0: off
+    "codebook.entropy_weight": training.number(min=0),  # 0: off
+    "codebook.entropy_temperature": training.number(min=0, min_open=True),
+    "stochastic.estimator": training.one_of(*ESTIMATORS),
+    "stochastic.temperature_start": training.number(min=0, min_open=True),
+    "stochastic.temperature_end": training.number(min=0, min_open=True),
+    "stochastic.anneal_steps": training.integer(min=1),
+    "stochastic.kl_weight": training.number(min=0),
+    "stochastic.hard": training.boolean(),
 }
 
 # Every field of get_config(): the shared blocks, the model and its quantizer.
@@ -196,10 +241,25 @@ def check_quantizer(config, where: str = "--config") -> list[str]:
         out.append(f"{flag('codebook.affine')} and {flag('codebook.sync_nu')} need {flag('kind')}='vq' (a codebook "
                    f"trained by gradient); got kind {q.kind!r} with affine={q.codebook.get('affine', False)!r}, "
                    f"sync_nu={q.codebook.get('sync_nu', 0.0)!r}.")
+    if q.codebook.get("orthogonality_weight", 0.0) > 0 and (
+            q.kind not in KINDS_WITH_ORTHOGONALITY or (q.kind == "residual" and q.residual.ema)):
+        why = "EMA codes get no gradient" if q.kind in ("ema", "residual") else "it has no learned codebook"
+        out.append(f"{flag('codebook.orthogonality_weight')} > 0 needs codes learned by gradient "
+                   f"({', '.join(KINDS_WITH_ORTHOGONALITY)}; residual without EMA); {flag('kind')} is {q.kind!r}: "
+                   f"{why}, so the loss could not act (use 0).")
+    if q.codebook.get("entropy_weight", 0.0) > 0 and q.kind not in KINDS_WITH_ENTROPY:
+        out.append(f"{flag('codebook.entropy_weight')} > 0 needs one codebook's soft assignments "
+                   f"({', '.join(KINDS_WITH_ENTROPY)}); {flag('kind')} is {q.kind!r} (use 0).")
+    if "stochastic" in q and q.kind == "stochastic" and q.stochastic.hard and q.stochastic.estimator != "gumbel":
+        out.append(f"{flag('stochastic.hard')}=True needs {flag('stochastic.estimator')}='gumbel' with kind "
+                   f"'stochastic'; got {q.stochastic.estimator!r}.")
     if q.kind == "grouped" and q.codebook.code_dim % q.grouped.heads:
         out.append(f"{flag('codebook.code_dim')}={q.codebook.code_dim} must be a multiple of "
                    f"{flag('grouped.heads')}={q.grouped.heads} (D/H channels per part).")
-    if q.kind == "fsq":
+    if q.kind == "grouped_residual" and q.codebook.code_dim % q.residual.groups:
+        out.append(f"{flag('codebook.code_dim')}={q.codebook.code_dim} must be a multiple of "
+                   f"{flag('residual.groups')}={q.residual.groups} (D/G channels per group).")
+    if q.kind in ("fsq", "residual_fsq"):
         levels = tuple(q.fsq.levels)
         if q.fsq.lloyd_max and len(set(levels)) != 1:
             out.append(f"{flag('fsq.levels')} must all be equal with {flag('fsq.lloyd_max')}=True; got {levels}.")
@@ -214,6 +274,12 @@ def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> 
     training.validate(config, CONFIG_RULES, where=where, extra=(check_quantizer,))
 
 
+def dead_code_threshold(q: ml_collections.ConfigDict) -> float:
+    """The restart threshold of ``config.model.quantizer``'s kind: ``codebook.dead_code_threshold`` for the
+    learned codebook (``vq``; absent from configs saved before it: 0), ``ema.dead_code_threshold`` for the others."""
+    return float(q.codebook.get("dead_code_threshold", 0.0)) if q.kind == "vq" else float(q.ema.dead_code_threshold)
+
+
 def make_model(config: ml_collections.ConfigDict, rngs, image_shape: tuple[int, int, int] | None = None) -> VQVAE:
     """The VQ-VAE of ``config.model`` with the quantizer of ``config.model.quantizer``, for images of
     ``image_shape`` (default: those of ``config.data``, :func:`experiments._program.image_shape`)."""
@@ -223,11 +289,14 @@ def make_model(config: ml_collections.ConfigDict, rngs, image_shape: tuple[int, 
         q.kind, num_codes=q.codebook.num_codes, code_dim=q.codebook.code_dim, cosine=q.codebook.cosine,
         rotation_trick=q.codebook.get("rotation_trick", False),
         affine=q.codebook.get("affine", False), sync_nu=q.codebook.get("sync_nu", 0.0),
-        decay=q.ema.decay, eps=q.ema.eps, dead_code_threshold=q.ema.dead_code_threshold,
+        decay=q.ema.decay, eps=q.ema.eps, dead_code_threshold=dead_code_threshold(q),
         fsq_levels=tuple(q.fsq.levels), lloyd_max=q.fsq.lloyd_max, fsq_range_loss=q.fsq.range_loss,
         num_stages=q.residual.num_stages, residual_ema=q.residual.ema,
+        quantize_dropout=q.residual.get("quantize_dropout", False),
+        shared_codebook=q.residual.get("shared_codebook", False), groups=q.residual.get("groups", 2),
         **({**q.lookup_free, "code_dim_low": q.factorized.code_dim_low} if "lookup_free" in q else {}),
-        **({"heads": q.grouped.heads, "grouped_shared": q.grouped.shared} if "grouped" in q else {}), rngs=rngs)
+        **({"heads": q.grouped.heads, "grouped_shared": q.grouped.shared} if "grouped" in q else {}),
+        **(dict(q.stochastic) if "stochastic" in q else {}), rngs=rngs)
     return VQVAE(in_channels=image_shape[-1], hidden=m.hidden, residual_hidden=m.residual_hidden,
                  num_residual=m.num_residual, quantizer=quantizer, rngs=rngs, dtype=jnp.dtype(config.dtype),
                  likelihood=m.likelihood, downsample=m.get("downsample", 2))
@@ -241,10 +310,17 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
     shape = _program.image_shape(config)  # the model follows the data
     _program.check_image_shape(shape, m.downsample)
 
+    annealed = q.kind in STOCHASTIC_KINDS  # τ at the loop's step, in the quantizer's state
+    regularizers = {k: float(q.codebook.get(k, default)) for k, default in (
+        ("orthogonality_weight", 0.0), ("entropy_weight", 0.0), ("entropy_temperature", 1.0))}
+    if not regularizers["entropy_weight"]:
+        del regularizers["entropy_temperature"]  # off: the objective's call is the one without regularisers
+
     def objective(model, batch, *, key, step, hparams, weights=None):
-        del step  # no schedule
+        if annealed:
+            model.quantizer.anneal(step)
         return objectives.vqvae_objective(model, batch, beta=hparams["model.beta"], likelihood=m.likelihood,
-                                          key=key, weights=weights)
+                                          key=key, weights=weights, **regularizers)
 
     def reconstruct(model, x):
         model.eval()
@@ -260,22 +336,27 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
         hparams={"model.beta": m.beta},
         # EMA γ and the dead-code threshold live in the quantizer's state (vqjax.nn.Hyperparameter)
         state_hparams=("model.quantizer.ema.decay", "model.quantizer.ema.dead_code_threshold")
-        if q.kind == "ema" or (q.kind == "residual" and q.residual.ema)
-        or (q.kind == "vq" and q.ema.dead_code_threshold > 0) else (),
+        if q.kind == "ema" or (q.kind in ("residual", "grouped_residual") and q.residual.ema)
+        else ("model.quantizer.ema.decay", "model.quantizer.codebook.dead_code_threshold")
+        if q.kind == "vq" and dead_code_threshold(q) > 0
+        # a stochastic quantizer's temperature schedule and KL weight (vqjax.nn.Hyperparameter)
+        else tuple(f"model.quantizer.stochastic.{k}" for k in ("temperature_start", "temperature_end", "kl_weight"))
+        if annealed else (),
         init=init_codebook if q.codebook.init == "lloyd" else None,
         reporters=(_reporters.reconstructions(reconstruct), _reporters.code_usage, draw_codebook),
-        # a mean of per-example losses (an EMA codebook's state keeps it unsplit); not LFQ's and BSQ's
-        # entropy loss, whose codebook term is the entropy of the whole batch's mean code distribution
-        per_example=q.kind not in ("lfq", "bsq"),
+        # a mean of per-example losses (an EMA codebook's state keeps it unsplit); not LFQ's, BSQ's and
+        # residual LFQ's entropy loss, whose codebook term is the entropy of the whole batch's mean code distribution, nor
+        # the usage-entropy regulariser (codebook.entropy_weight)
+        per_example=q.kind not in ("lfq", "bsq", "residual_lfq") and not regularizers["entropy_weight"],
     )
 
 
 def codes_per_stage(config: ml_collections.ConfigDict) -> int:
-    """K of the configured quantizer (FSQ: its implied codebook size ``Π L_d``)."""
+    """K of the configured quantizer, per stage (FSQ: its implied codebook size ``Π L_d``; LFQ, BSQ: ``2^bits``)."""
     q = config.model.quantizer
-    if q.kind == "fsq":
+    if q.kind in ("fsq", "residual_fsq"):
         return int(np.prod(q.fsq.levels))
-    return 2 ** int(q.lookup_free.bits) if q.kind in ("lfq", "bsq") else int(q.codebook.num_codes)
+    return 2 ** int(q.lookup_free.bits) if q.kind in ("lfq", "bsq", "residual_lfq") else int(q.codebook.num_codes)
 
 
 def draw_codebook(model, test_src, workdir: str, summary: dict | None = None, *, num_images: int = 500) -> dict:

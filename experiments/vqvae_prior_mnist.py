@@ -89,13 +89,18 @@ CONFIG_RULES = {
 }
 
 
+# Quantizers that give several codes per latent position (stages, parts, groups): no single-code prior.
+MULTI_CODE_KINDS = ("residual", "grouped", "grouped_residual", "residual_fsq", "residual_lfq")
+
+
 def check_vqvae(config, where: str = "--config") -> list[str]:
-    """The VQ-VAE to train first must give one code per position (no residual VQ)."""
-    if config.vqvae_workdir or config.vqvae.model.quantizer.kind != "residual":
+    """The VQ-VAE to train first must give one code per position (no residual or grouped VQ)."""
+    got = config.vqvae.model.quantizer.kind
+    if config.vqvae_workdir or got not in MULTI_CODE_KINDS:
         return []
     kind = training.flag("vqvae.model.quantizer.kind", where)
-    return [(f"{kind} must be 'vq', 'ema' or 'fsq' (the prior models one code per latent position; residual VQ "
-            "gives num_stages codes per position); got 'residual'.")]
+    return [(f"{kind} must give one code per latent position, e.g. 'vq', 'ema' or 'fsq' (the prior models one "
+             f"code per position; {got!r} gives several); got {got!r}.")]
 
 
 def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
@@ -169,9 +174,9 @@ def load_vqvae(config: ml_collections.ConfigDict, workdir: str, *, log=print):
             training.train_and_evaluate(vq_config, vq_dir, vqvae_mnist.build(vq_config), log=log)
     saved = training.saved_config(vq_dir)
     vq_config = merge_saved(vqvae_mnist.get_config(), saved) if saved else vqvae_config(config)
-    if vq_config.model.quantizer.kind == "residual":
-        raise ValueError("The prior models one code per latent position; residual VQ gives num_stages codes "
-                         "per position. Train the VQ-VAE with `config.model.quantizer.kind` vq, ema or fsq.")
+    if vq_config.model.quantizer.kind in MULTI_CODE_KINDS:
+        raise ValueError(f"The prior models one code per latent position; {vq_config.model.quantizer.kind!r} gives "
+                         "several per position. Train the VQ-VAE with `config.model.quantizer.kind` vq, ema or fsq.")
     # For the images the prior trains on (this config's `data`): those the VQ-VAE must encode. A VQ-VAE
     # trained on images of another shape or channel count fails to load, naming the array that differs.
     shape = _program.image_shape(config)

@@ -5,8 +5,8 @@
     python -m experiments.sweep --config=experiments/vqvae_quantizers.py --list   # its members, by group
 
 The model, data and optimizer are those of ``experiments/vqvae_mnist.py`` (K = 512, D = 64, β = 0.25,
-Adam 1e-3, batch 128), trained for ``train.steps`` = 1,000 steps per run (half the main job's 2,000, so
-that the 51 runs fit in about an hour on 2 CPU cores; ``--config.train.steps=2000`` for the full length).
+Adam 1e-3, batch 128), trained for ``train.steps`` = 500 steps per run (a quarter of the main job's 2,000,
+so that the 51 runs fit in about an hour on 2 CPU cores; ``--config.train.steps=2000`` for the full length).
 :func:`get_sweep` crosses, on the paper's learned codebook (``kind=vq``), the rotation trick on/off ×
 dead-code restarts on/off × K ∈ {512, 4096} × 3 seeds, and adds, at 9 bits per latent (the 512-code
 codebook's rate) and 3 seeds each: EMA with restarts, LFQ and BSQ (9 binary channels), SimVQ (512 codes),
@@ -30,7 +30,7 @@ import numpy as np
 from experiments import vqvae_mnist
 from vqjax import training
 
-STEPS = 1000
+STEPS = 500
 SEEDS = (0, 1, 2)
 
 build = vqvae_mnist.build
@@ -38,7 +38,7 @@ check_config = vqvae_mnist.check_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """The main job's config (:func:`experiments.vqvae_mnist.get_config`) for 1,000 steps, tested once at the end."""
+    """The main job's config (:func:`experiments.vqvae_mnist.get_config`) for 500 steps, tested once at the end."""
     c = vqvae_mnist.get_config()
     c.train.steps, c.train.eval_every = STEPS, 0
     return c
@@ -57,7 +57,7 @@ def get_sweep() -> list[dict]:
     crossed = training.product(
         training.values(Q + "codebook.num_codes", [512, 4096]),
         training.values(Q + "codebook.rotation_trick", [False, True]),
-        training.values(Q + "ema.dead_code_threshold", [0.0, 1.0]),
+        training.values(Q + "codebook.dead_code_threshold", [0.0, 1.0]),
         training.values("seed", SEEDS))
     return [
         *crossed,
@@ -90,10 +90,10 @@ def method_name(config) -> str:
     if q.kind == "vq":
         parts = [f"VQ K={q.codebook.num_codes}"]
         parts += ["rotation"] if q.codebook.rotation_trick else []
-        parts += ["restarts"] if q.ema.dead_code_threshold > 0 else []
+        parts += ["restarts"] if vqvae_mnist.dead_code_threshold(q) > 0 else []
         return " + ".join(parts)
     label = {"ema": "EMA", "lfq": "LFQ", "bsq": "BSQ", "simvq": "SimVQ", "fsq": "FSQ", "factorized": "factorized",
-             "grouped": "grouped", "residual": "residual"}[q.kind]
+             "grouped": "grouped", "residual": "residual"}.get(q.kind, q.kind)
     if q.kind == "ema" and q.ema.dead_code_threshold > 0:
         label += " + restarts"
     if q.kind == "fsq":

@@ -73,7 +73,8 @@ def test_variant_benchmarks(tmp_path, script, numbers):
 
 def test_quantizer_benchmark(tmp_path):
     _variants, quantizer = _bench_module("_variants"), _bench_module("quantizer")
-    payload, stdout = _run("quantizer", tmp_path, "--cases", "ema_restart", "fsq")
+    cases = ("ema_restart", "grouped", "simvq", "lfq", "fsq")  # EMA, per-head EMA, SGD, entropy loss, stateless
+    payload, stdout = _run("quantizer", tmp_path, "--cases", *cases)
     assert [r["impl"] for r in payload["rows"]] == list(quantizer.IMPLS)
     for r in payload["rows"]:
         assert tuple(r["shape"]) == quantizer.QUICK_SHAPES[0]
@@ -81,10 +82,20 @@ def test_quantizer_benchmark(tmp_path):
     (check,) = payload["checks"].values()
     _check_row(check, quantizer.REQUIRES["check"], (), stdout)
     assert [(r["case"], r["impl"]) for r in payload["variant_rows"]] == [
-        (c, i) for c in ("ema_restart", "fsq") for i in quantizer.VARIANT_IMPLS]
+        (c, i) for c in cases for i in quantizer.VARIANT_IMPLS]
     for r in payload["variant_rows"]:
         assert tuple(r["shape"]) == _variants.QUICK[r["case"]]
+        assert _variants.RUNS[r["case"]][r["impl"]] in stdout
         _check_row(r, quantizer.REQUIRES.get(r["impl"], ()), ("median_s", "vectors_per_s"), stdout)
+        if r["impl"] != "vqjax":
+            continue
+        peer = quantizer.REQUIRES["vqtorch"]
+        _check_row(r["check"], peer, ("n",), stdout)
+        if _installed(peer):  # both sides compute the same step: same codes, same gradient, same SGD update
+            c = r["check"]
+            assert c["indices_differing"] == 0, (r["case"], c)
+            assert c["grad_z_max_abs_diff"] <= 1e-3 * c["grad_z_max_abs"], (r["case"], c)
+            assert c.get("params_max_abs_diff", 0.0) <= 1e-6, (r["case"], c)
 
 
 def test_quantization_benchmark(tmp_path):

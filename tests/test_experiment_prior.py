@@ -141,7 +141,7 @@ def test_residual_vqvae_is_refused(idx_dir, vqvae_dir, tmp_path):
     saved["model"]["quantizer"]["kind"] = "residual"
     (wrong / "config.json").write_text(json.dumps(saved))
     config.vqvae_workdir = str(wrong)
-    with pytest.raises(ValueError, match="residual VQ"):
+    with pytest.raises(ValueError, match="'residual' gives several"):
         vqvae_prior_mnist.run(config, str(tmp_path / "prior"), **QUIET)
 
 

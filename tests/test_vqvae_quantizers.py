@@ -33,8 +33,15 @@ KINDS = {
     "bsq": {"kind": "bsq", "lookup_free": {"bits": 4}},
     "simvq": {"kind": "simvq"},
     "factorized": {"kind": "factorized", "factorized": {"code_dim_low": 2}},
+    "vq_restart": {"kind": "vq", "codebook": {"dead_code_threshold": 4.0}},
+    "grouped": {"kind": "grouped", "grouped": {"heads": 2}},
+    "residual_fsq": {"kind": "residual_fsq", "fsq": {"levels": (4, 3, 3)}, "residual": {"num_stages": 2}},
+    "residual_lfq": {"kind": "residual_lfq", "lookup_free": {"bits": 4}, "residual": {"num_stages": 2}},
+    "grouped_residual": {"kind": "grouped_residual", "residual": {"num_stages": 2, "groups": 2}},
 }
-NEW_KINDS = ("vq_rotation", "lfq", "bsq", "simvq", "factorized")  # issue 17's methods as quantizer.kind
+# issue 17's methods as quantizer.kind
+NEW_KINDS = ("vq_rotation", "lfq", "bsq", "simvq", "factorized", "vq_restart", "grouped", "residual_fsq",
+             "residual_lfq", "grouped_residual")
 
 
 def _config(idx_dir, kind, **train):
@@ -131,7 +138,7 @@ def test_experiment_logs_usage_every_eval_and_draws_the_pictures(idx_dir, tmp_pa
 
 def test_bad_quantizer_choices_are_clear_errors(idx_dir):
     config = _config(idx_dir, "vq")
-    config.model.quantizer.kind = "gumbel"
+    config.model.quantizer.kind = "no_such_kind"  # ("gumbel" is a kind since issue 17)
     with pytest.raises(ValueError, match=r"quantizer\.kind"):
         vqvae_mnist.build(config)
     config = _config(idx_dir, "fsq")
@@ -201,12 +208,13 @@ def test_every_codebooks_variant_sets_the_grouped_quantizer_config():
 
 @pytest.mark.parametrize("kind", NEW_KINDS)
 def test_every_new_quantizer_kind_trains_in_the_experiment(idx_dir, tmp_path, kind):
-    """Rotation trick, LFQ, BSQ, SimVQ and factorized codes: the main job trains, evaluates and reports with each;
-    LFQ and BSQ (a batch-level entropy term) are never split into micro-batches."""
+    """Rotation trick, LFQ, BSQ, SimVQ, factorized codes, restarts of the learned codebook, grouped VQ, residual
+    FSQ / LFQ and grouped residual VQ: the main job trains, evaluates and reports with each; LFQ, BSQ and residual
+    LFQ (a batch-level entropy term) are never split into micro-batches."""
     config = _config(idx_dir, kind, eval_every=0)
     config.train.micro_batches = 0
     summary = training.train_and_evaluate(config, str(tmp_path), vqvae_mnist.build(config), devices=jax.devices()[:1],
                                           log=lambda s: None)
     test = summary["test"]
     assert np.isfinite(test["loss"]) and 1.0 <= test["perplexity"] <= vqvae_mnist.codes_per_stage(config)
-    assert vqvae_mnist.build(config).per_example == (kind not in ("lfq", "bsq"))
+    assert vqvae_mnist.build(config).per_example == (kind not in ("lfq", "bsq", "residual_lfq"))

@@ -15,7 +15,20 @@ import jax.numpy as jnp
 from vqjax import losses, quantizers
 from vqjax._checks import check_nonnegative, float_dtype
 from vqjax.evaluation._image_quality import psnr, ssim
-from vqjax.nn import VAE, VQVAE, VQVAE2, GatedPixelCNN, HierarchicalPrior, VIBClassifier
+from vqjax.nn import (
+    VAE,
+    VQVAE,
+    VQVAE2,
+    EMAVectorQuantizer,
+    GatedPixelCNN,
+    GumbelVectorQuantizer,
+    HierarchicalPrior,
+    ResidualVectorQuantizer,
+    SimVQ,
+    StochasticVectorQuantizer,
+    VectorQuantizer,
+    VIBClassifier,
+)
 from vqjax.nn._images import logistic_parameters, output_channels
 
 __all__ = [
@@ -110,6 +123,63 @@ def _vq_loss_terms(out, x: jax.Array, *, beta: float, likelihood: str, variance:
     return metrics, w
 
 
+# Quantizers whose codes the codebook regularisers of vqvae_objective apply to (see its docstring).
+_ORTHOGONALITY_QUANTIZERS = (VectorQuantizer, SimVQ, StochasticVectorQuantizer, GumbelVectorQuantizer,
+                             ResidualVectorQuantizer)
+_ENTROPY_QUANTIZERS = (VectorQuantizer, EMAVectorQuantizer, SimVQ, StochasticVectorQuantizer, GumbelVectorQuantizer)
+
+
+def _is_on(weight) -> bool:
+    """A regulariser's weight is in use: nonzero, or traced (a sweep's per-run value)."""
+    return isinstance(weight, jax.core.Tracer) or float(weight) != 0.0
+
+
+def _orthogonality(quantizer) -> jax.Array:
+    """:func:`vqjax.losses.codebook_orthogonality_loss` of the quantizer's codes (the mean over residual stages)."""
+    name = type(quantizer).__name__
+    if isinstance(quantizer, EMAVectorQuantizer) or getattr(quantizer, "ema_codebooks", False):
+        raise ValueError(f"`orthogonality_weight` > 0 needs codes learned by gradient; {name}'s EMA codes are "
+                         "cluster means that no gradient reaches (the loss could not move them): use 0.")
+    supported = isinstance(quantizer, _ORTHOGONALITY_QUANTIZERS)
+    if not supported:  # a ValueError: the weight, not the model's type, is the bad argument
+        raise ValueError(f"`orthogonality_weight` > 0 applies to a learned codebook "
+                         f"({', '.join(c.__name__ for c in _ORTHOGONALITY_QUANTIZERS)}); got {name}.")
+    codes = quantizer.codebook_vectors()
+    if codes.shape[0] > quantizer.num_codes:  # residual VQ's [S·K, D]: each stage's codebook on its own
+        codes = codes.reshape(-1, quantizer.num_codes, codes.shape[-1])
+        return jnp.mean(jax.vmap(losses.codebook_orthogonality_loss)(codes))
+    return losses.codebook_orthogonality_loss(codes)
+
+
+def _soft_assignments(quantizer, z_e: jax.Array, temperature) -> jax.Array:
+    """``q(k|z_e) [..., K]`` float32: the quantizer's own (``soft_assignments``: a stochastic quantizer's
+    sampling distribution) or ``softmax(-||z_e - e_k||²/temperature)`` (l2-normalised with ``cosine``)."""
+    supported = isinstance(quantizer, _ENTROPY_QUANTIZERS)
+    if not supported:
+        raise ValueError(f"`entropy_weight` > 0 needs one codebook's soft assignments "
+                         f"({', '.join(c.__name__ for c in _ENTROPY_QUANTIZERS)}); got {type(quantizer).__name__}.")
+    if hasattr(quantizer, "soft_assignments"):
+        return quantizer.soft_assignments(z_e)
+    z = z_e.astype(jnp.float32)
+    if getattr(quantizer, "cosine", False):
+        z = quantizers.l2_normalize(z)  # codebook_vectors() are normalised too
+    return jax.nn.softmax(-quantizers.squared_distances(z, quantizer.codebook_vectors()) / temperature, axis=-1)
+
+
+def _codebook_regularizers(model, out, w: jax.Array, *, orthogonality_weight, entropy_weight,
+                           entropy_temperature) -> dict:
+    """The weighted ``orthogonality`` and ``entropy`` terms that are on (batch-level ``[]`` values)."""
+    terms = {}
+    if _is_on(orthogonality_weight):
+        terms["orthogonality"] = orthogonality_weight * _orthogonality(model.quantizer)
+    if _is_on(entropy_weight):
+        p = _soft_assignments(model.quantizer, out.z_e, entropy_temperature)  # [B, h, w, K]
+        per_image = jnp.mean(p, axis=tuple(range(1, p.ndim - 1)))  # [B, K]
+        p_bar = jnp.sum(per_image * w[:, None], axis=0) / jnp.maximum(jnp.sum(w), 1.0)  # padded rows: no weight
+        terms["entropy"] = entropy_weight * losses.codebook_entropy_loss(p_bar)
+    return terms
+
+
 def vqvae_objective(
     model: VQVAE,
     batch: dict,
@@ -119,12 +189,30 @@ def vqvae_objective(
     variance: float = 0.5,
     key: jax.Array | None = None,
     weights: jax.Array | None = None,
+    orthogonality_weight: float | jax.Array = 0.0,
+    entropy_weight: float | jax.Array = 0.0,
+    entropy_temperature: float | jax.Array = 1.0,
 ) -> tuple[jax.Array, dict]:
     r"""Batch-mean VQ-VAE loss ``-log p(x|z_q) + ||sg[z_e] - e||² + β||z_e - sg[e]||²``.
 
     The codebook and commitment terms are the quantizer's (:class:`vqjax.nn.VQVAEOutput`): an EMA
     quantizer has no codebook term (the EMA update replaces it), FSQ neither term, residual VQ the
     sum over its stages.
+
+    Codebook regularisers (off at weight 0, the default: then nothing of them is computed), each a
+    batch-level ``[]`` term added to every image's loss and reported with its weight:
+
+    - ``orthogonality = orthogonality_weight · ||Ê Êᵀ - I||²_F / K²`` over the l2-normalised codes
+      (:func:`vqjax.losses.codebook_orthogonality_loss`, Shin et al., 2023; per stage and averaged for
+      residual VQ). Codes learned by gradient only: an EMA codebook is a ValueError (no gradient reaches
+      it, so the term could not act), as are quantizers without codes (FSQ, LFQ, BSQ).
+    - ``entropy = entropy_weight · (-H(p̄))``, ``p̄`` the batch mean (padded rows excluded) of the soft
+      assignments ``q(k|z_e)`` (:func:`vqjax.losses.codebook_entropy_loss`): minimising it spreads the
+      batch's usage over the codes. ``q`` is ``softmax(-||z_e - e_k||²/entropy_temperature)`` for
+      :class:`vqjax.nn.VectorQuantizer` (normalised vectors with ``cosine``),
+      :class:`vqjax.nn.EMAVectorQuantizer` (the encoder's gradient only) and :class:`vqjax.nn.SimVQ`, and the
+      sampling distribution of :class:`vqjax.nn.StochasticVectorQuantizer` / :class:`vqjax.nn.GumbelVectorQuantizer`
+      (their ``soft_assignments``). A statistic of the whole batch: not a mean of per-example terms.
 
     Args:
       model: a :class:`vqjax.nn.VQVAE`.
@@ -134,22 +222,39 @@ def vqvae_objective(
         ``"discretized_logistic"`` (8-bit images as ``k / 255``; a decoder of ``2C`` channels, built
         with ``VQVAE(likelihood="discretized_logistic")``: :func:`vqjax.losses.discretized_logistic_log_likelihood`);
         None (default): the model's own ``likelihood`` (Bernoulli for a model without one).
-      key: draws the dead-code restarts of an EMA quantizer in training mode.
+      key: draws the dead-code restarts of an EMA quantizer in training mode (and a stochastic
+        quantizer's codes).
       weights: optional ``[B]`` 0/1 mask for padded evaluation batches.
+      orthogonality_weight: weight (>= 0) of the codebook orthogonality loss; 0: off.
+      entropy_weight: weight (>= 0) of the negative usage entropy; 0: off.
+      entropy_temperature: τ > 0 of the distance softmax of the entropy's soft assignments.
 
     Returns:
       ``(loss, metrics)``: the weighted mean loss and a dict of scalars (``loss``,
-      ``reconstruction`` in nats per image, ``codebook``, ``commitment`` (with β), ``mse`` per pixel,
+      ``reconstruction`` in nats per image, ``codebook``, ``commitment`` (with β), ``orthogonality`` and
+      ``entropy`` (with their weights; when on), ``mse`` per pixel,
       ``psnr`` (dB) and ``ssim`` (images of at least 11×11 pixels) of the mean reconstruction clipped
       to [0, 1] (:func:`vqjax.evaluation.psnr`, :func:`vqjax.evaluation.ssim`), ``bits_per_dim``
       (discretized logistic only: ``reconstruction / (H·W·C ln 2)``), ``perplexity``,
       ``used_fraction``, ``dead_codes`` (codes unused by this batch), ``restarted``), plus ``sum/*``
       totals, ``weight`` and ``counts`` (``[K]``, or ``[S, K]`` per stage of residual VQ).
     """
+    check_nonnegative(orthogonality_weight, "orthogonality_weight")
+    check_nonnegative(entropy_weight, "entropy_weight")
+    if _is_on(entropy_weight) and not isinstance(entropy_temperature, jax.core.Tracer) and not entropy_temperature > 0:
+        raise ValueError(f"`entropy_temperature` must be > 0; got {entropy_temperature!r}.")
     out = model(batch["image"], key=key)
     likelihood = getattr(model, "likelihood", "bernoulli") if likelihood is None else likelihood
     metrics, w = _vq_loss_terms(out, batch["image"], beta=beta, likelihood=likelihood, variance=variance,
                                 weights=weights)
+    terms = _codebook_regularizers(model, out, w, orthogonality_weight=orthogonality_weight,
+                                   entropy_weight=entropy_weight, entropy_temperature=entropy_temperature)
+    if terms:  # batch-level terms, added to every image's loss (so also to the evaluation sums)
+        _, total_w = _weights(w.shape[0], w)
+        metrics.update(_report({k: jnp.broadcast_to(v, w.shape) for k, v in terms.items()}, w, total_w))
+        extra = sum(terms.values())
+        metrics["loss"] = metrics["loss"] + extra
+        metrics["sum/loss"] = metrics["sum/loss"] + extra * jnp.sum(w)
     num_codes = model.num_codes
     mask = (w > 0).reshape((-1,) + (1,) * (out.indices.ndim - 1))
     idx = jnp.where(mask, out.indices, num_codes)  # padded rows: out of range, not counted

@@ -1,6 +1,11 @@
 """Flax NNX modules that wrap the pure core."""
 
-from vqjax.nn._codebook_variants import FactorizedVectorQuantizer, FrozenCodebook, GroupedVectorQuantizer, SimVQ
+from vqjax.nn._codebook_variants import (
+    FactorizedVectorQuantizer,
+    FrozenCodebook,
+    GroupedVectorQuantizer,
+    SimVQ,
+)
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
 from vqjax.nn._lookup_free import BinarySphericalQuantizer, LookupFreeQuantizer
 from vqjax.nn._make_quantizer import QUANTIZERS, make_quantizer
@@ -15,6 +20,7 @@ from vqjax.nn._quantizers import (
     ResidualVectorQuantizer,
     VectorQuantizer,
 )
+from vqjax.nn._residual_variants import GroupedResidualVectorQuantizer, ResidualFSQ, ResidualLFQ
 from vqjax.nn._sampling import sample_codes
 from vqjax.nn._stochastic import GumbelVectorQuantizer, StochasticVectorQuantizer
 from vqjax.nn._vae import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, VAEOutput
@@ -38,10 +44,11 @@ __all__ = [
     "FactorizedVectorQuantizer",
     "FiniteScalarQuantizer",
     "FrozenCodebook",
-    "GroupedVectorQuantizer",
     "GatedLayer",
     "GatedPixelCNN",
     "GroupedGenerator",
+    "GroupedResidualVectorQuantizer",
+    "GroupedVectorQuantizer",
     "GumbelVectorQuantizer",
     "HierarchicalPrior",
     "Hyperparameter",
@@ -50,6 +57,8 @@ __all__ = [
     "MLPEncoder",
     "QuantizerOutput",
     "ResidualBlock",
+    "ResidualFSQ",
+    "ResidualLFQ",
     "ResidualVectorQuantizer",
     "SimVQ",
     "StochasticVectorQuantizer",

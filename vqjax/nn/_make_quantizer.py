@@ -14,12 +14,13 @@ from vqjax.nn._quantizers import (
     ResidualVectorQuantizer,
     VectorQuantizer,
 )
+from vqjax.nn._residual_variants import GroupedResidualVectorQuantizer, ResidualFSQ, ResidualLFQ
 from vqjax.nn._stochastic import GumbelVectorQuantizer, StochasticVectorQuantizer
 
 __all__ = ["QUANTIZERS", "make_quantizer"]
 
 QUANTIZERS = ("vq", "ema", "fsq", "residual", "lfq", "bsq", "simvq", "factorized", "grouped", "stochastic",
-              "gumbel")
+              "gumbel", "residual_fsq", "residual_lfq", "grouped_residual")
 
 
 def make_quantizer(
@@ -39,6 +40,9 @@ def make_quantizer(
     fsq_range_loss: bool = False,
     num_stages: int = 4,
     residual_ema: bool = False,
+    quantize_dropout: bool = False,
+    shared_codebook: bool = False,
+    groups: int = 2,
     bits: int = 10,
     entropy_weight: float = 0.1,
     diversity_weight: float = 1.0,
@@ -72,7 +76,13 @@ def make_quantizer(
     channels, ``num_codes`` codes each; ``grouped_shared``: one codebook for all parts); ``"stochastic"``:
     :class:`StochasticVectorQuantizer` (``estimator``, ``hard``) and ``"gumbel"``: :class:`GumbelVectorQuantizer`
     (``hard``), both with τ annealed from ``temperature_start`` to ``temperature_end`` over ``anneal_steps`` and
-    ``kl_weight`` (None: the module's default, 0 and 1). Keywords a kind does not use are ignored.
+    ``kl_weight`` (None: the module's default, 0 and 1); ``"residual_fsq"``: :class:`ResidualFSQ` (``fsq_levels``,
+    ``num_stages``); ``"residual_lfq"``: :class:`ResidualLFQ` (``bits``, ``num_stages`` and the entropy loss's
+    keywords, applied per stage); ``"grouped_residual"``: :class:`GroupedResidualVectorQuantizer` (``groups``
+    parts of ``code_dim``, each a residual VQ of ``num_stages`` stages with the ``"residual"`` keywords).
+    ``quantize_dropout`` (the four residual kinds: SoundStream's random number of stages per example in
+    training) and ``shared_codebook`` (``"residual"``, ``"grouped_residual"``: one codebook for all the
+    stages). Keywords a kind does not use are ignored.
     """
     if kind == "vq":
         return VectorQuantizer(num_codes, code_dim, cosine=cosine, rotation_trick=rotation_trick,
@@ -89,7 +99,17 @@ def make_quantizer(
     if kind == "residual":
         return ResidualVectorQuantizer(num_codes, code_dim, num_stages, ema=residual_ema, decay=decay, eps=eps,
                                        dead_code_threshold=dead_code_threshold, rotation_trick=rotation_trick,
-                                       rngs=rngs)
+                                       shared_codebook=shared_codebook, quantize_dropout=quantize_dropout, rngs=rngs)
+    if kind == "grouped_residual":
+        return GroupedResidualVectorQuantizer(num_codes, code_dim, num_stages, groups, ema=residual_ema, decay=decay,
+                                              eps=eps, dead_code_threshold=dead_code_threshold,
+                                              rotation_trick=rotation_trick, shared_codebook=shared_codebook,
+                                              quantize_dropout=quantize_dropout, rngs=rngs)
+    if kind == "residual_fsq":
+        return ResidualFSQ(fsq_levels, num_stages, quantize_dropout=quantize_dropout)
+    if kind == "residual_lfq":
+        return ResidualLFQ(bits, num_stages, entropy_weight=entropy_weight, diversity_weight=diversity_weight,
+                           temperature=temperature, sample_fraction=sample_fraction, quantize_dropout=quantize_dropout)
     if kind in ("lfq", "bsq"):
         cls = LookupFreeQuantizer if kind == "lfq" else BinarySphericalQuantizer
         return cls(bits, entropy_weight=entropy_weight, diversity_weight=diversity_weight, temperature=temperature,

@@ -365,7 +365,7 @@ class ResidualVectorQuantizer(nnx.Module):
     ``ema=True`` its one EMA update, gathers every stage's residuals); ``codebook_vectors`` is then
     ``[K, D]`` and :meth:`initialize` fits it to the first stage's input.
 
-    ``quantize_dropout=True`` (SoundStream, Zeghidour et al. 2021, §3.3): in training mode each
+    ``quantize_dropout=True`` (SoundStream, Zeghidour et al. 2021): in training mode each
     example (the first axis of ``z``: an image, whose positions all share it) keeps only its first
     ``n ~ U{1 … S}`` stages (:func:`vqjax.quantizers.quantize_dropout_stages`, drawn with ``key``,
     which training mode then requires); the later stages contribute nothing to ``z_q``, have index

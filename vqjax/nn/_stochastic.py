@@ -27,6 +27,8 @@ logits, samples, indices and losses are float32 and ``z_q`` comes back in the in
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -35,7 +37,7 @@ from vqjax import losses, quantizers
 from vqjax._checks import check_positive_int
 from vqjax.nn._precision import to_float32
 from vqjax.nn._quantizers import Hyperparameter, QuantizerOutput, _uniform_codebook
-from vqjax.quantizers._stochastic import gumbel_softmax_code, kl_to_uniform
+from vqjax.quantizers import gumbel_softmax_code, kl_to_uniform
 
 __all__ = ["ESTIMATORS", "GumbelVectorQuantizer", "StochasticVectorQuantizer"]
 
@@ -43,7 +45,7 @@ ESTIMATORS = ("straight_through", "gumbel")
 
 
 def _check_temperature(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"`{name}` must be a number > 0; got {value!r}.")
     return float(value)
 
@@ -62,7 +64,7 @@ class _AnnealedQuantizer(nnx.Module):
                                  f"`temperature`={temperature!r} (the steps of the decay).")
             anneal_steps = 1
         check_positive_int(anneal_steps, "anneal_steps")
-        if isinstance(kl_weight, bool) or not isinstance(kl_weight, (int, float)) or not kl_weight >= 0:
+        if isinstance(kl_weight, bool) or not isinstance(kl_weight, numbers.Real) or not kl_weight >= 0:
             raise ValueError(f"`kl_weight` must be a number >= 0; got {kl_weight!r}.")
         self.anneal_steps = anneal_steps
         self.temperature_start = Hyperparameter(jnp.float32(start))
@@ -104,7 +106,7 @@ class StochasticVectorQuantizer(_AnnealedQuantizer):
         codebook_loss   = ||sg[z] - e_k||² + kl_weight · KL(p || U(K))
         commitment_loss = ||z - sg[e_k]||²
 
-    ``KL(p || U(K)) = log K - H(p)`` (:func:`vqjax.quantizers._stochastic.kl_to_uniform`) is the rate of
+    ``KL(p || U(K)) = log K - H(p)`` (:func:`vqjax.quantizers.kl_to_uniform`) is the rate of
     the discrete VAE this is with a uniform prior; ``kl_weight = 0`` (default) leaves the VQ-VAE's
     losses. The schedule anneals τ, the temperature of ``p``: sampling tends to the nearest code as
     τ falls. ``gumbel_temperature`` τ_g (``"gumbel"`` only) stays fixed.
@@ -180,7 +182,7 @@ class GumbelVectorQuantizer(_AnnealedQuantizer):
     r"""DALL-E's Gumbel-softmax bottleneck (Ramesh et al., 2021, "Zero-Shot Text-to-Image Generation", §2.1).
 
     A learned linear map ``P: R^D → R^K`` gives logits over the K codes of a learned codebook
-    ``E [K, D]``; in training (:func:`vqjax.quantizers._stochastic.gumbel_softmax_code`)::
+    ``E [K, D]``; in training (:func:`vqjax.quantizers.gumbel_softmax_code`)::
 
         logits = P z,   g ~ Gumbel(0, 1)^K,   y = softmax((logits + g)/τ)
         z_q = y·E                                  (soft relaxation, default)
@@ -189,7 +191,7 @@ class GumbelVectorQuantizer(_AnnealedQuantizer):
         commitment_loss = 0
 
     Evaluation mode: ``k = argmax(logits)`` and ``z_q = e_k`` (greedy, no noise). ``KL(q || U(K))``
-    (:func:`vqjax.quantizers._stochastic.kl_to_uniform`) is the rate term of the dVAE's ELBO: with
+    (:func:`vqjax.quantizers.kl_to_uniform`) is the rate term of the dVAE's ELBO: with
     ``kl_weight = 1`` (default) and a log-likelihood reconstruction term the loss is the negative
     ELBO of a discrete VAE with a uniform prior over each position's code (DALL-E raises the weight
     to 6.6; VQGAN's ``GumbelQuantize`` uses small ones). DALL-E anneals τ from 1 to 1/16.

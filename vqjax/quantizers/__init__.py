@@ -51,7 +51,13 @@ from vqjax.quantizers._residual import (
     residual_quantize,
 )
 from vqjax.quantizers._rotation import rotation_trick
-from vqjax.quantizers._stochastic import SampledCodes, sample_code, temperature_schedule
+from vqjax.quantizers._stochastic import (
+    SampledCodes,
+    gumbel_softmax_code,
+    kl_to_uniform,
+    sample_code,
+    temperature_schedule,
+)
 from vqjax.quantizers._vq import (
     CodeUsage,
     Quantized,
@@ -93,6 +99,8 @@ __all__ = [
     "grouped_quantize",
     "grouped_residual_lookup",
     "grouped_residual_quantize",
+    "gumbel_softmax_code",
+    "kl_to_uniform",
     "l2_normalize",
     "lfq",
     "lfq_codes_to_indices",

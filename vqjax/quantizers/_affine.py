@@ -23,8 +23,9 @@ codes the task gradient, scaled by ``ν``::
     z_q = z + sg[c - z] + ν c - sg[ν c]          (forward: z_q = c)
     ∂z_q/∂z = I,    ∂z_q/∂c = ν I                (the codebook gets ν g besides its codebook loss)
 
-``ν = 0`` is plain straight-through; ``ν > 0`` moves each selected code in step with (a ν-scaled
-copy of) the move the encoder output makes: the paper's "synchronized commitment loss" (eq. 21 of
+``ν = 0`` is plain straight-through; ``ν > 0`` also steps each selected code along ``-ν g``, the way the
+task gradient pushes its encoder output, so code and output move together: the paper's
+"synchronized commitment loss" (eq. 21 of
 the authors' draft, as vector-quantize-pytorch cites it). This is the expression of the authors'
 ``vqtorch`` (``VectorQuant.straight_through_approximation``).
 """
@@ -57,14 +58,14 @@ def affine_codebook(codebook: jax.Array, scale: jax.Array, shift: jax.Array) -> 
     ``∂L/∂shift = Σ_n ∂L/∂c_{k_n}`` — which move every code, also those no vector selected, towards
     the encoder outputs (the paper's remedy for index collapse).
 
-    Not vector-quantize-pytorch's ``affine_param``: there ``scale`` and ``shift`` are not learned
-    but set from EMA statistics, ``c = (e - μ_e) σ_z/σ_e + μ_z`` with running means and standard
-    deviations of the codebook (``μ_e``, ``σ_e``) and of the batches of encoder outputs (``μ_z``, ``σ_z``),
-    state updated in training mode — the paper's other ("running statistics") variant. This is the
-    learned variant the paper's experiments and its ``vqtorch`` (``affine_lr > 0``) use; ``vqtorch``
-    writes ``scale = 1 + α s'``, ``shift = α b'`` with a learning-rate multiplier ``α`` (``affine_lr``)
-    and ``s' = b' = 0`` at the start, the same codes as here with ``scale``, ``shift`` trained at ``α``
-    times the learning rate.
+    Not vector-quantize-pytorch's ``affine_param``: there ``scale`` and ``shift`` are not learned but
+    set from EMA statistics, ``c = (e - μ_e) σ_z/σ_e + μ_z`` with running means and standard deviations
+    of the codebook (``μ_e``, ``σ_e``) and of the batches of encoder outputs (``μ_z``, ``σ_z``), state
+    updated in training mode (the form of ``vqtorch``'s ``AffineTransform(use_running_statistics=True)``,
+    which its ``VectorQuant`` does not use). This is the learned variant, the authors' ``vqtorch``
+    ``VectorQuant(affine_lr=α > 0)``, which writes ``scale = 1 + α s'``, ``shift = α b'`` with ``s' = b' = 0``
+    at the start: the same codes, with ``∂L/∂s' = α ∂L/∂scale`` — as training ``scale``, ``shift`` here with
+    an Adam learning rate ``α`` times larger (``α²`` times with plain SGD).
 
     Args:
       codebook: ``[K, D]`` free codes ``e``.

@@ -19,7 +19,7 @@ residual, and the layers' outputs are summed).
 
 Extensions (GitHub issue 17; vector-quantize-pytorch's ``ResidualVQ`` options and variants):
 
-- Quantize dropout (Zeghidour et al., 2021, SoundStream §3.3): ``num_active`` n ∈ {1 … S} per
+- Quantize dropout (SoundStream, Zeghidour et al., 2021): ``num_active`` n ∈ {1 … S} per
   vector; stages ``s > n`` contribute nothing (their code is 0, their index -1), so that one model
   serves every bitrate. :func:`quantize_dropout_stages` draws ``n ~ U{min_stages … S}``.
 - A shared codebook: ``codebooks [K, D]`` with ``num_stages=S``, one codebook used at every stage.
@@ -79,8 +79,8 @@ def quantize_dropout_stages(key: jax.Array, batch_shape: Sequence[int], num_stag
                             min_stages: int = 1) -> jax.Array:
     r"""Quantize dropout's number of stages ``n ~ U{min_stages … S}``, one per entry of ``batch_shape``.
 
-    SoundStream (Zeghidour et al., 2021, §3.3): "for each input example, we sample n_q uniformly at
-    random in [1; N_q] and only use quantizers Q_i for i = 1 … n_q". Pass the result as
+    SoundStream (Zeghidour et al., 2021) samples, for each input example, n uniformly in
+    [1, N_q] and uses only the quantizers 1 … n. Pass the result as
     ``num_active`` to :func:`residual_quantize` (broadcast over the remaining leading axes: one n per
     example, e.g. ``batch_shape = z.shape[:1]`` for an image's grid of vectors), or ``batch_shape=()``
     for one n per batch (vector-quantize-pytorch's choice).
@@ -326,8 +326,9 @@ def residual_fsq(z: jax.Array, levels: Sequence[int], num_stages: int, *,
 
     With ``c_d = 1 + 1/(L_d - 1)`` the input is first bounded, ``r_0 = tanh(z/c)·c``; stage s
     (0-based) then rounds its residual, scaled up by ``L_d^s``, to the L_d symmetric levels
-    ``{-1 + 2j/(L_d - 1)}`` of [-1, 1] (the symmetry-preserving FSQ of Mentzer et al. 2024 as the
-    peer uses it, Yu et al. 2024 §3.2, with a hard clamp), and scales it back down::
+    ``{-1 + 2j/(L_d - 1)}`` of [-1, 1] (the peer's "symmetry-preserving" FSQ, after arXiv:2411.19842
+    §3.2, with a hard clamp: unlike :func:`vqjax.quantizers.fsq`'s, the levels of an even L are
+    symmetric about 0, which a residual needs), and scales it back down::
 
         u_s = clip(r_s · L^s, -1, 1)      j_s = ⌊(L - 1)(u_s + 1)/2 + ½⌋      q_s = (2 j_s/(L - 1) - 1) / L^s
         r_{s+1} = r_s - q_s               z_q = r_0 + sg[Σ_s q_s - r_0]
