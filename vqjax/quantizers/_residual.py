@@ -33,7 +33,6 @@ Extensions (GitHub issue 17; vector-quantize-pytorch's ``ResidualVQ`` options an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -42,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqjax._checks import check_positive_int
+from vqjax.quantizers._fsq import _fsq_levels
 from vqjax.quantizers._rotation import _rotation_delta
 from vqjax.quantizers._vq import lookup, nearest_code, straight_through
 
@@ -309,15 +309,6 @@ def _check_stages_z(z: jax.Array, dim: int, num_stages: int, what: str) -> jax.A
     if z.ndim < 1 or z.shape[-1] != dim:
         raise ValueError(f"`z` must be [..., D] with D = {what} = {dim}; got shape {z.shape}.")
     return z.astype(jnp.float32)  # float32 whatever the input dtype
-
-
-def _fsq_levels(levels: Sequence[int]) -> np.ndarray:
-    lv = np.asarray(levels)
-    if lv.ndim != 1 or lv.size == 0 or not np.issubdtype(lv.dtype, np.integer) or np.any(lv < 2):
-        raise ValueError(f"`levels` must be a non-empty sequence of ints >= 2; got {levels!r}.")
-    if math.prod(int(v) for v in lv) > 2**31 - 1:
-        raise ValueError(f"`levels` imply {math.prod(int(v) for v in lv)} codes; at most 2**31 - 1 fit int32 indices.")
-    return lv.astype(np.int64)
 
 
 def residual_fsq(z: jax.Array, levels: Sequence[int], num_stages: int, *,
