@@ -149,7 +149,7 @@ def build_vqvae2(config: ml_collections.ConfigDict):
         state_hparams=("model.quantizer.ema.decay", "model.quantizer.ema.dead_code_threshold")
         if m.quantizer.kind == "ema" else ("model.quantizer.ema.decay", "model.quantizer.codebook.dead_code_threshold")
         if m.quantizer.kind == "vq" and vqvae_mnist.dead_code_threshold(m.quantizer) > 0 else (),
-        reporters=(_reporters.reconstructions(reconstruct),))
+        reporters=(_reporters.reconstructions(reconstruct),), legacy_defaults=vqvae_mnist.LEGACY_DEFAULTS)
 
 
 def build(config: ml_collections.ConfigDict):

@@ -168,6 +168,10 @@ def get_sweep():
                             training.values("model.beta", [0.1, 0.25, 0.5, 1.0]))
 
 
+# Settings added with a default that changes what a run does, and the value a run saved before they
+# existed had (Task.legacy_defaults: resuming or loading such a run keeps it).
+LEGACY_DEFAULTS = {"model.quantizer.codebook.dead_code_threshold": 0.0}
+
 KINDS_WITH_CODEBOOK = ("vq", "ema", "residual", "grouped_residual")
 STOCHASTIC_KINDS = ("stochastic", "gumbel")
 KINDS_WITH_ORTHOGONALITY = ("vq", "simvq", "stochastic", "gumbel", "residual")  # residual: without EMA
@@ -348,6 +352,7 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
         # residual LFQ's entropy loss, whose codebook term is the entropy of the whole batch's mean code distribution, nor
         # the usage-entropy regulariser (codebook.entropy_weight)
         per_example=q.kind not in ("lfq", "bsq", "residual_lfq") and not regularizers["entropy_weight"],
+        legacy_defaults=LEGACY_DEFAULTS,
     )
 
 

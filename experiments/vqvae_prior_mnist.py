@@ -138,8 +138,20 @@ def upgrade_saved(saved: dict) -> dict:
 def merge_saved(base: ml_collections.ConfigDict, saved: dict) -> ml_collections.ConfigDict:
     """``base`` (the current defaults) updated with a saved config dict: keys added since the save
     keep their defaults, which reproduce the behaviour of the time. A VQ-VAE config of the flat
-    quantizer keys of older runs is read too (:func:`upgrade_saved`)."""
-    return _merge(base, upgrade_saved(saved))
+    quantizer keys of older runs is read too (:func:`upgrade_saved`). A setting whose default changed what
+    a run does (:data:`experiments.vqvae_mnist.LEGACY_DEFAULTS`) takes, when the saved config lacks it, the
+    value that reproduces the run."""
+    saved = upgrade_saved(saved)
+    missing = {path: value for path, value in vqvae_mnist.LEGACY_DEFAULTS.items() if not _has(saved, path)}
+    return training.apply_overrides(_merge(base, saved), missing)
+
+
+def _has(tree: dict, path: str) -> bool:
+    for part in path.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def _merge(base: ml_collections.ConfigDict, saved: dict) -> ml_collections.ConfigDict:

@@ -117,3 +117,27 @@ def test_grouped_arguments_are_checked():
     c.model.quantizer.kind, c.model.quantizer.grouped.heads = "grouped", 3
     with pytest.raises(ValueError, match=r"code_dim`=64 must be a multiple of `--config.model.quantizer.grouped.heads`=3"):
         vqvae_mnist.check_config(c)
+
+
+def test_a_run_saved_before_the_restart_setting_resumes_and_loads_as_it_trained(tmp_path):
+    """codebook.dead_code_threshold is newer than some runs: resuming one with restarts on is refused, naming
+    the flag; with the legacy value it resumes; the prior's loader reads the old run with restarts off."""
+    import json
+
+    from experiments import vqvae_prior_mnist
+    from vqjax.training import _rundir
+
+    c = vqvae_mnist.get_config()
+    saved = c.to_dict()
+    del saved["model"]["quantizer"]["codebook"]["dead_code_threshold"]  # a run of the version before
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    c.model.quantizer.codebook.dead_code_threshold = 1.0
+    with pytest.raises(ValueError, match=r"dead_code_threshold: 0\.0 when it started \(before the setting existed\)"):
+        _rundir.check_resume_config(str(tmp_path), c, step=4, legacy=vqvae_mnist.LEGACY_DEFAULTS, log=lambda s: None)
+    c.model.quantizer.codebook.dead_code_threshold = 0.0
+    _rundir.check_resume_config(str(tmp_path), c, step=4, legacy=vqvae_mnist.LEGACY_DEFAULTS, log=lambda s: None)
+    merged = vqvae_prior_mnist.merge_saved(vqvae_mnist.get_config(), saved)
+    assert merged.model.quantizer.codebook.dead_code_threshold == 0.0
+    saved["model"]["quantizer"]["codebook"]["dead_code_threshold"] = 1.0  # a newer run keeps its own value
+    assert vqvae_prior_mnist.merge_saved(vqvae_mnist.get_config(), saved).model.quantizer.codebook.dead_code_threshold == 1.0
+    assert vqvae_mnist.build(vqvae_mnist.get_config()).legacy_defaults == vqvae_mnist.LEGACY_DEFAULTS

@@ -150,7 +150,7 @@ def train_and_evaluate(config, workdir: str, task: Task, *, devices=None, log=pr
     ckpt_dir = os.path.join(workdir, "checkpoints")
     if saved_steps := _checkpoints.finished_steps(ckpt_dir):  # a resume: only safe settings may change
         _rundir.check_resume_config(workdir, config, step=saved_steps[-1], also=task.hparams,
-                                    log=log if is_main else (lambda s: None))
+                                    legacy=task.legacy_defaults, log=log if is_main else (lambda s: None))
     if is_main:  # what load_model's callers rebuild the model from
         _checkpoints.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     mesh = _mesh.make_mesh(devices)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import jax
 
@@ -63,11 +63,14 @@ def resumable(path: str, also: Iterable[str] = ()) -> bool:
     return path.startswith(RESUMABLE) or path in set(also)
 
 
-def check_resume_config(workdir: str, config, *, step: int, also: Iterable[str] = (), log=print) -> dict:
+def check_resume_config(workdir: str, config, *, step: int, also: Iterable[str] = (),
+                        legacy: Mapping[str, object] | None = None, log=print) -> dict:
     """Before resuming ``workdir`` from its checkpoint of ``step``: compare ``config`` with the saved one.
 
     A changed setting that shapes the train state or the model (anything not :func:`resumable`; the
-    task's loss weights ``also`` are; settings the saved config lacks, newer than the run, are) raises ``ValueError`` listing each change, and nothing is
+    task's loss weights ``also`` are; settings the saved config lacks, newer than the run, are, unless
+    ``legacy`` gives the value they had then and the config differs from it) raises ``ValueError`` listing
+    each change, and nothing is
     written. Allowed changes are logged and appended to ``config_changes.jsonl`` (with ``step``);
     ``config.json`` is then rewritten by the caller. Returns the changes.
     """
@@ -79,8 +82,14 @@ def check_resume_config(workdir: str, config, *, step: int, also: Iterable[str] 
     # resumes with its default (a new setting's default keeps the old behaviour), recorded as a change.
     known = flatten(saved)
     fixed = {k: v for k, v in changes.items() if not resumable(k, also) and k in known}
+    # A newer setting whose default changed the behaviour (Task.legacy_defaults): the run had its legacy value.
+    now = flatten(config.to_dict())
+    older = {k: (old, now[k]) for k, old in (legacy or {}).items()
+             if k not in known and k in now and now[k] != old and not resumable(k, also)}
+    fixed.update(older)
     if fixed:
-        lines = "\n".join(f"  --config.{k}: {old!r} when it started, {new!r} now" for k, (old, new) in fixed.items())
+        lines = "\n".join(f"  --config.{k}: {old!r} when it started{' (before the setting existed)' * (k in older)}, "
+                          f"{new!r} now" for k, (old, new) in fixed.items())
         raise ValueError(
             f"The run in {workdir} was started with another config, and these settings cannot change on resume "
             f"(they shape the model, its state or the steps already taken; its checkpoint is at step {step}):\n"

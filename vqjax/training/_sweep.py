@@ -166,7 +166,7 @@ def train_group(members: Sequence[Member], workdir: str, build: Callable[[object
         _rundir.check_workdir(d)
         if saved_steps:  # a resume: only safe settings may change
             _rundir.check_resume_config(d, m.config, step=saved_steps[-1], also=t.hparams,
-                                        log=log if is_main else quiet)
+                                        legacy=t.legacy_defaults, log=log if is_main else quiet)
 
     with jax.set_mesh(mesh):
         states, diverged, hparams = _mesh.put_global((states, diverged, hparams), mesh, runs)

@@ -70,6 +70,10 @@ class Task:
         batch (e.g. a codebook fitted to encoder outputs) before training starts.
       evaluations: more passes over the test split after training, by name.
       reporters: pictures and extra summary entries after training (:data:`Reporter`).
+      legacy_defaults: settings added to vqjax with a default that changes what a run does, each
+        with the value that reproduces a run saved before the setting existed (``{config path: value}``):
+        resuming such a run with another value is refused, naming the flag (a setting the saved config
+        lacks is otherwise taken at its default, which must then keep the old behaviour).
       per_example: the objective is a mean over the batch of per-example terms (no batch-level
         statistic such as an MMD, no state it updates such as an EMA codebook), so the batch's
         gradient is the mean of its parts' gradients: the loop may then split each step's batch
@@ -85,6 +89,7 @@ class Task:
     evaluations: Mapping[str, Evaluation] = dataclasses.field(default_factory=dict)
     reporters: Sequence[Reporter] = ()
     per_example: bool = False
+    legacy_defaults: Mapping[str, object] = dataclasses.field(default_factory=dict)
 
 
 SCHEDULES = ("constant", "cosine")
