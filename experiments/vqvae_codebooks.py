@@ -29,7 +29,7 @@ from vqjax import training
 # name -> (description, config.model.quantizer overrides)
 EMA_RESTART = {"kind": "ema", "ema": {"dead_code_threshold": 1.0}}
 VARIANTS = {
-    "vq": ("plain VQ (codebook loss), K = 512", {}),
+    "vq": ("plain VQ (codebook loss), K = 512", {"codebook": {"dead_code_threshold": 0.0}}),  # the paper's
     "ema": ("EMA VQ, K = 512", {"kind": "ema"}),
     "ema_restart": ("EMA VQ + dead-code restarts (< 1 vector/batch)", EMA_RESTART),
     "ema_restart_kmeans": ("EMA + restarts, k-means init", {**EMA_RESTART, "codebook": {"init": "lloyd"}}),

@@ -21,7 +21,7 @@ def _config(kind="vq", **quantizer):
     c = vqvae_mnist.get_config()
     c.model.update(TINY)
     c.model.quantizer.kind = kind
-    c.model.quantizer.codebook.update(num_codes=16, code_dim=4)
+    c.model.quantizer.codebook.update(num_codes=16, code_dim=4, dead_code_threshold=0.0)  # no state: splittable
     for k, v in quantizer.items():
         c.model.quantizer[k].update(v)
     return c

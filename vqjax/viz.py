@@ -293,24 +293,38 @@ def save_labeled_points(
     xlabel: str = "",
     ylabel: str = "",
     title: str = "",
+    logy: bool = False,
+    spread: float = 0.0,
 ) -> None:
     """One labelled point per entry ``label: (x, [y over repeats])``: the mean of the repeats, a bar
-    from their min to their max, each repeat a small dot (methods of a study against their rate)."""
+    from their min to their max, each repeat a small dot (methods of a study against their rate).
+    ``spread`` > 0 fans out the entries that share an ``x`` over ``x ± spread`` (sorted by their mean y)
+    so that their bars do not overlap; ``logy``: a log y axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    means = {label: float(np.mean(ys)) for label, (_, ys) in points.items() if len(ys)}
+    offsets: dict[str, float] = {}
+    for x in {x for x, _ in points.values()}:
+        same = sorted((lab for lab, (xx, _) in points.items() if xx == x and lab in means), key=means.get)
+        for j, lab in enumerate(same):
+            offsets[lab] = spread * (2 * j / (len(same) - 1) - 1) if len(same) > 1 else 0.0
     for i, (label, (x, ys)) in enumerate(points.items()):
         ys = np.asarray(ys, np.float64).reshape(-1)
         if ys.size == 0:
             continue
         color = plt.cm.tab20(i % 20)
-        mean = float(ys.mean())
-        ax.errorbar([x], [mean], yerr=[[mean - ys.min()], [ys.max() - mean]], fmt="o", color=color, ms=5,
+        mean, xo = float(ys.mean()), x + offsets.get(label, 0.0)
+        ax.errorbar([xo], [mean], yerr=[[mean - ys.min()], [ys.max() - mean]], fmt="o", color=color, ms=5,
                     capsize=3, label=label)
-        ax.plot(np.full(ys.shape, x), ys, ".", color=color, ms=3)
+        ax.plot(np.full(ys.shape, xo), ys, ".", color=color, ms=3)
+    if logy:
+        _plain_log_y(ax)
+    if spread > 0:  # ticks only at the true x values: the fan-out is for legibility
+        ax.set_xticks(sorted({float(x) for x, _ in points.values()}))
     _label(ax, xlabel, ylabel, title)
     ax.legend(fontsize=6, ncol=2, loc="best")
     fig.tight_layout()
