@@ -3,12 +3,13 @@
     python benchmarks/train_step.py           # warm-up, then the median of 7 timings of 20 steps
     python benchmarks/train_step.py --quick   # smoke run of the harness: a tiny model, 1 timing of 1 step
 
-Batch 128 of 28×28×1 images, uniform in [0, 1]; the default model of ``experiments/vqvae_mnist.py``
+Batch 128 of 28×28×1 images, uniform in [0, 1]; the model of ``experiments/vqvae_mnist.py`` with the
+paper's codebook, no dead-code restarts (``codebook.dead_code_threshold=0``; the PyTorch peers have none)
 (K=512, D=64, hidden 64, residual hidden 32, 2 residual blocks, Adam lr 1e-3, β=0.25, Bernoulli
 likelihood), built here from ``vqjax`` (``MODEL``, ``OPTIMIZER``). Variants, each in its own subprocess:
 
 * vqjax: ``vqjax.training.make_train_step`` on that model and the experiment's objective (jitted, donated),
-  three ways: as the experiments run it by default on a CPU host — one XLA:CPU device, each step's batch
+  three ways: as the experiments run a stateless codebook on a CPU host — one XLA:CPU device, each step's batch
   split into ``training.auto_micro_batches`` concurrent micro-batches (8 of 16 on 2 cores), no collective;
   one single-threaded device per core, the batch sharded over them with a gradient all-reduce, each
   device's share in concurrent micro-batches (4 of 16; the opt-in ``--config.cpu_devices_per_core=True``);
@@ -38,7 +39,7 @@ TORCH_THREADS = 2
 WARMUP_STEPS = 5
 
 VARIANTS = {
-    "vqjax": "vqjax as the experiments run it: one CPU device, concurrent micro-batches (default)",
+    "vqjax": "vqjax as the experiments run it: one CPU device, concurrent micro-batches",
     "vqjax_per_core": "vqjax, a CPU device per core, data-parallel, micro-batches (opt-in cpu_devices_per_core)",
     "vqjax_unsplit": "vqjax, one CPU device, the batch unsplit (micro_batches=1; the default before)",
     "torch_vqp": "PyTorch + vector-quantize-pytorch VectorQuantize (EMA, rotation_trick on)",

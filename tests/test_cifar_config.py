@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -158,4 +159,4 @@ def test_mnist_models_are_unchanged(idx_dir):
     assert _program.image_shape(c) == (28, 28, 1)
     model = vqvae_mnist.build(c).model(nnx.Rngs(0))
     assert model.encode(jnp.zeros((1, 28, 28, 1))).shape == (1, 7, 7)
-    assert model(jnp.zeros((1, 28, 28, 1))).logits.shape == (1, 28, 28, 1)
+    assert model(jnp.zeros((1, 28, 28, 1)), key=jax.random.key(0)).logits.shape == (1, 28, 28, 1)

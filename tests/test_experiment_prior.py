@@ -20,7 +20,7 @@ QUIET = {"log": lambda s: None}
 def _vqvae_config(idx_dir):
     c = vqvae_mnist.get_config()
     c.model.update(hidden=8, residual_hidden=4, num_residual=1)
-    c.model.quantizer.codebook.update(num_codes=16, code_dim=4)
+    c.model.quantizer.codebook.update(num_codes=16, code_dim=4, dead_code_threshold=0.0)  # as runs of old versions
     c.data.update(idx_dir=idx_dir, batch_size=16, eval_batch_size=32)
     c.train.update(steps=4, log_every=2, checkpoint_every=2, eval_every=0)
     return c

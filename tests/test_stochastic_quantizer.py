@@ -378,7 +378,7 @@ def test_bad_stochastic_flags_and_old_configs(idx_dir):
     config = _config(idx_dir, "stochastic")
     config.model.quantizer.kind = "vq"
     del config.model.quantizer.stochastic
-    for k in ("orthogonality_weight", "entropy_weight", "entropy_temperature"):
+    for k in ("orthogonality_weight", "entropy_weight", "entropy_temperature", "dead_code_threshold"):
         del config.model.quantizer.codebook[k]
     task = vqvae_mnist.build(config)
     assert task.per_example and task.state_hparams == ()

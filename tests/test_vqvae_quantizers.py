@@ -105,11 +105,11 @@ def test_objective_terms_follow_the_quantizer(idx_dir, kind):
         assert float(m["codebook"]) == 0.0 and float(m["commitment"]) == 0.0
     elif "ema" in kind:
         assert float(m["codebook"]) == 0.0 and float(m["commitment"]) > 0.0
-    elif kind in ("lfq", "bsq"):  # the entropy loss, per-sample minus codebook entropy: <= 0 with γ = 1
+    elif kind in ("lfq", "bsq", "residual_lfq"):  # the entropy loss, per-sample minus codebook entropy: <= 0 with γ = 1
         assert float(m["codebook"]) <= 0.0 and float(m["commitment"]) > 0.0
     else:  # ||sg[z] - e||² and β||z - sg[e]||² are the same number in the forward pass
         np.testing.assert_allclose(m["commitment"], 0.5 * m["codebook"], rtol=1e-5)
-    stages = config.model.quantizer.residual.num_stages if kind.startswith("residual") else 1
+    stages = model.quantizer.num_stages  # residual stages, grouped parts, or both
     assert m["counts"].shape == ((stages, model.num_codes) if stages > 1 else (model.num_codes,))
     np.testing.assert_allclose(np.sum(m["counts"]), 4 * 7 * 7 * stages)
     out = model(x)
