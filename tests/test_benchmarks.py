@@ -1,8 +1,8 @@
 """Every script of benchmarks/ in its ``--quick`` mode: a smoke test of the harness, not a timing.
 
 Each script runs as a subprocess (its workers are subprocesses of it), writes its JSON to a temporary
-path and prints its table. The peers (torch, vector-quantize-pytorch, dm-haiku, faiss, ckwrap,
-scikit-learn: the ``bench`` extra) are usually not installed here: their rows must say
+path and prints its table. The peers (torch, vector-quantize-pytorch, dm-haiku, faiss, ckwrap: the
+``bench`` extra) are usually not installed here: their rows must say
 "not installed" while the JAX rows run; a peer that is installed must run without an error.
 """
 
