@@ -180,3 +180,11 @@ def test_stress_cpu_benchmark(tmp_path):
         assert not r["stalled"], r
         assert r["steps"] == stress.QUICK_STEPS and r["wall_s"] > 0 and r["images_per_s"] > 0
     assert payload["stalls"] == 0 and f"stalls: 0 of {stress.QUICK_RUNS} runs" in stdout
+
+
+def test_dsprites_render_benchmark(tmp_path):
+    """The renderer, the source and the Grain pipeline are timed; the training step is skipped in --quick."""
+    payload, _ = _run("dsprites_render", tmp_path, header=("| render_dsprites, random batch of 64 |",))
+    assert payload["quick"]
+    for name in ("render_64", "render_256", "per_index", "pipeline"):
+        assert payload["results"][name]["images_per_s"] > 0
