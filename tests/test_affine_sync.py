@@ -6,13 +6,13 @@ a tiny VQ-VAE trained with both, and clear errors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
 from experiments import vqvae_mnist
+from tests._tiny_vqvae import train_tiny_vqvae
 from vqjax import quantizers, training
-from vqjax.nn import VQVAE, VectorQuantizer, make_quantizer
+from vqjax.nn import VectorQuantizer, make_quantizer
 
 K, D = 6, 3
 
@@ -341,23 +341,7 @@ def test_experiment_flag_errors_name_the_flag():
 
 def test_tiny_vqvae_trains_with_affine_codes_and_the_synchronised_update():
     quantizer = VectorQuantizer(16, 4, affine=True, sync_nu=0.5, rngs=nnx.Rngs(1))
-    model = VQVAE(in_channels=1, hidden=8, residual_hidden=4, num_residual=1, quantizer=quantizer,
-                  rngs=nnx.Rngs(0))
-    x = (jax.random.uniform(jax.random.key(0), (8, 28, 28, 1)) > 0.7).astype(jnp.float32)
-    optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
-
-    def loss_fn(m):
-        out = m(x)
-        rec = jnp.sum(optax.sigmoid_binary_cross_entropy(out.logits, x), axis=(1, 2, 3))
-        return jnp.mean(rec + out.codebook_loss + 0.25 * out.commitment_loss)
-
-    @nnx.jit
-    def step(m, opt):
-        loss, grads = nnx.value_and_grad(loss_fn)(m)
-        opt.update(m, grads)
-        return loss
-
-    history = [float(step(model, optimizer)) for _ in range(2)]
+    model, history = train_tiny_vqvae(quantizer, 2)
     assert np.all(np.isfinite(history))
     q = model.quantizer
     assert not np.allclose(q.scale[...], 1.0) and not np.allclose(q.shift[...], 0.0)  # both learned

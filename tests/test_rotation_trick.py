@@ -5,12 +5,12 @@ VQ-VAE training with it."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
+from tests._tiny_vqvae import train_tiny_vqvae
 from vqjax import quantizers
-from vqjax.nn import VQVAE, EMAVectorQuantizer, ResidualVectorQuantizer, VectorQuantizer, make_quantizer
+from vqjax.nn import EMAVectorQuantizer, ResidualVectorQuantizer, VectorQuantizer, make_quantizer
 
 
 def _dense_lambda_r(z, e):
@@ -181,22 +181,6 @@ def test_modules_pass_the_flag(kind):
 @pytest.mark.parametrize("cosine", [False, True])
 def test_tiny_vqvae_trains_with_the_rotation_trick(cosine):
     quantizer = VectorQuantizer(16, 4, cosine=cosine, rotation_trick=True, rngs=nnx.Rngs(1))
-    model = VQVAE(in_channels=1, hidden=8, residual_hidden=4, num_residual=1, quantizer=quantizer,
-                  rngs=nnx.Rngs(0))
-    x = (jax.random.uniform(jax.random.key(0), (8, 28, 28, 1)) > 0.7).astype(jnp.float32)
-    optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
-
-    def loss_fn(m):
-        out = m(x)
-        rec = jnp.sum(optax.sigmoid_binary_cross_entropy(out.logits, x), axis=(1, 2, 3))
-        return jnp.mean(rec + out.codebook_loss + 0.25 * out.commitment_loss)
-
-    @nnx.jit
-    def step(m, opt):
-        loss, grads = nnx.value_and_grad(loss_fn)(m)
-        opt.update(m, grads)
-        return loss
-
-    history = [float(step(model, optimizer)) for _ in range(8)]
+    _, history = train_tiny_vqvae(quantizer, 8)
     assert np.all(np.isfinite(history))
     assert history[-1] < history[0]
