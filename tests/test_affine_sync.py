@@ -288,7 +288,7 @@ def test_make_quantizer_and_module_errors():
         with pytest.raises(ValueError, match="`affine` and `sync_nu` need kind='vq'"):
             make_quantizer(kind, num_codes=K, code_dim=D, sync_nu=0.5, rngs=nnx.Rngs(0))
     for bad in (-0.1, float("nan"), float("inf"), "0.5", True, None):
-        with pytest.raises(ValueError, match="`sync_nu` must be a finite number >= 0"):
+        with pytest.raises(ValueError, match="`sync_nu` must be a finite real number >= 0"):
             _vq(sync_nu=bad)
 
 

@@ -31,6 +31,7 @@ from flax import nnx
 from vqjax import losses, quantization, quantizers
 from vqjax._checks import check_positive_int
 from vqjax.nn._precision import to_float32
+from vqjax.quantizers._affine import check_nu
 
 __all__ = [
     "CodebookStatistic",
@@ -122,13 +123,8 @@ class VectorQuantizer(nnx.Module):
                  dead_code_threshold: float = 0.0, decay: float = 0.99, affine: bool = False, sync_nu: float = 0.0,
                  rngs: nnx.Rngs):
         _check_positive(num_codes=num_codes, code_dim=code_dim)
-        try:
-            nu = float(sync_nu) if not isinstance(sync_nu, bool | str | bytes) else float("nan")
-        except (TypeError, ValueError):
-            nu = float("nan")
-        if not 0.0 <= nu < float("inf"):
-            raise ValueError(f"`sync_nu` must be a finite number >= 0 (0: plain straight-through); got {sync_nu!r}.")
-        self.affine, self.sync_nu = bool(affine), nu
+        check_nu(sync_nu, "sync_nu")
+        self.affine, self.sync_nu = bool(affine), float(sync_nu)
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"`decay` must be in [0, 1); got {decay!r}.")
         if dead_code_threshold < 0:

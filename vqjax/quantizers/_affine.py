@@ -85,24 +85,25 @@ def affine_codebook(codebook: jax.Array, scale: jax.Array, shift: jax.Array) -> 
     return _float(scale)[None, :] * _float(codebook) + _float(shift)[None, :]
 
 
-def _check_nu(nu) -> None:
-    """``nu``: a real scalar, finite and >= 0 when concrete (a traced value is not checked)."""
-    expected = "a finite real number >= 0"
+def check_nu(nu, name: str = "nu") -> None:
+    """``nu``: a real scalar, finite and >= 0 when concrete (a traced value is not checked); a ValueError
+    naming ``name`` otherwise."""
+    expected = "a finite real number >= 0 (0: plain straight-through)"
     if isinstance(nu, bool | str | bytes) or nu is None:
-        raise ValueError(f"`nu` must be {expected}; got {nu!r}.")
+        raise ValueError(f"`{name}` must be {expected}; got {nu!r}.")
     try:
         arr = jnp.asarray(nu)
     except TypeError:
-        raise ValueError(f"`nu` must be {expected}; got {nu!r}.") from None
+        raise ValueError(f"`{name}` must be {expected}; got {nu!r}.") from None
     if arr.ndim != 0 or arr.dtype == jnp.bool_ or not (
             jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
-        raise ValueError(f"`nu` must be {expected} (a scalar); got {nu!r}.")
+        raise ValueError(f"`{name}` must be {expected} (a scalar); got {nu!r}.")
     try:
         value = float(nu)
     except (TypeError, jax.errors.ConcretizationTypeError):
         return
     if not (math.isfinite(value) and value >= 0.0):
-        raise ValueError(f"`nu` must be {expected}; got {nu!r}.")
+        raise ValueError(f"`{name}` must be {expected}; got {nu!r}.")
 
 
 def _is_zero(nu) -> bool:
@@ -155,7 +156,7 @@ def synchronized_update(z: jax.Array, codes: jax.Array, nu: float | jax.Array, *
         raise ValueError(
             f"`z` and `codes` must be [..., D] of the same shape; got {z.shape} and {codes.shape}."
         )
-    _check_nu(nu)
+    check_nu(nu)
     dtype = jnp.result_type(z.dtype, codes.dtype)
     if rotation_trick:
         out = _rotation.rotation_trick(z, codes)
