@@ -43,10 +43,19 @@ def image_shape(config) -> tuple[int, int, int]:
     return _image_shape(json.dumps(config.data.to_dict(), sort_keys=True))
 
 
+def train_size(config) -> int:
+    """The number of training examples ``config.data`` gives (N of the KL decomposition's estimators)."""
+    return _train_source_facts(json.dumps(config.data.to_dict(), sort_keys=True))[1]
+
+
 @functools.lru_cache(maxsize=16)
-def _image_shape(data_json: str) -> tuple[int, int, int]:
+def _train_source_facts(data_json: str) -> tuple[tuple[int, int, int], int]:
     source = data.get_source(split="train", log=lambda s: None, **data.source_options(json.loads(data_json)))
-    return tuple(int(d) for d in source.image_shape)
+    return tuple(int(d) for d in source.image_shape), len(source)
+
+
+def _image_shape(data_json: str) -> tuple[int, int, int]:
+    return _train_source_facts(data_json)[0]
 
 
 def check_image_shape(shape, downsample: int, where: str = "--config") -> None:

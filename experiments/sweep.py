@@ -148,38 +148,47 @@ def write_results(workdir: str, rows: list[dict], *, wall_seconds: float | None 
     return table
 
 
-def main(argv):
-    del argv
-    config = _CONFIG.value
-    module = experiment_module(config_flags.get_config_filename(flags.FLAGS["config"]))
+def run(module, config, workdir: str | None = None, *, sweep_text: str | None = None, index: int | None = None,
+        placement: str | None = None, cpu_devices_per_core: bool = True, list_only: bool = False,
+        collect_only: bool = False) -> None:
+    """Train (or list, or collect) the sweep of the experiment ``module`` on ``config`` (this program's
+    flags, one argument each): what ``python -m experiments.sweep`` does, for programs that run their
+    own sweep (``python -m experiments.disentanglement``)."""
     _program.start()
-    sweep = sweep_of(module, _SWEEP.value)
+    sweep = sweep_of(module, sweep_text)
     members = training.make_members(config, sweep)
-    if not _COLLECT.value:  # a bad value in any run fails now, not after the runs before it trained
+    if not collect_only:  # a bad value in any run fails now, not after the runs before it trained
         check_members(module, members)
-    if _CPU_DEVICES.value:  # one single-threaded XLA:CPU device per core, at most one per run
-        training.use_cpu_cores_as_devices((), max_devices=1 if _INDEX.value is not None else len(members))
+    if cpu_devices_per_core:  # one single-threaded XLA:CPU device per core, at most one per run
+        training.use_cpu_cores_as_devices((), max_devices=1 if index is not None else len(members))
     build = getattr(module, "sweep_build", module.build)  # a program whose build needs more than the config
-    workdir = _WORKDIR.value or os.path.join("runs", f"sweep_{module.__name__.split('.')[-1]}")
-    if _LIST.value:
+    workdir = workdir or os.path.join("runs", f"sweep_{module.__name__.split('.')[-1]}")
+    if list_only:
         groups = training.group_members(members, build)
         gid = {m.index: g for g, group in enumerate(groups) for m in group}
         for m in members:
             print(f"{m.index}\t{m.name}\tgroup {gid[m.index]}")
         return
-    if not _COLLECT.value:
+    wall = None
+    if not collect_only:
         t0 = time.perf_counter()
-        training.train_sweep(config, sweep, workdir, build, index=_INDEX.value, placement=_PLACEMENT.value)
+        training.train_sweep(config, sweep, workdir, build, index=index, placement=placement)
         wall = time.perf_counter() - t0
-    else:
-        wall = None
     if jax.process_index() == 0:
         rows = collect(workdir, members)
-        table = write_results(workdir, rows, wall_seconds=wall if _INDEX.value is None else None)
+        table = write_results(workdir, rows, wall_seconds=wall if index is None else None)
         if hasattr(module, "report_sweep"):  # the experiment's own picture of its sweep
             module.report_sweep(rows, workdir)
         print(table)
         print(f"{len(rows)} of {len(members)} runs done -> {workdir}/results.md, results.csv, sweep.json")
+
+
+def main(argv):
+    del argv
+    module = experiment_module(config_flags.get_config_filename(flags.FLAGS["config"]))
+    run(module, _CONFIG.value, _WORKDIR.value, sweep_text=_SWEEP.value, index=_INDEX.value,
+        placement=_PLACEMENT.value, cpu_devices_per_core=_CPU_DEVICES.value, list_only=_LIST.value,
+        collect_only=_COLLECT.value)
 
 
 if __name__ == "__main__":

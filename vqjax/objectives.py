@@ -11,6 +11,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from vqjax import losses, quantizers
 from vqjax._checks import check_nonnegative, float_dtype
@@ -20,6 +21,7 @@ from vqjax.nn import (
     VQVAE,
     VQVAE2,
     EMAVectorQuantizer,
+    FactorVAE,
     GatedPixelCNN,
     GumbelVectorQuantizer,
     HierarchicalPrior,
@@ -33,11 +35,15 @@ from vqjax.nn._images import logistic_parameters, output_channels
 
 __all__ = [
     "LIKELIHOODS",
+    "beta_tcvae_objective",
     "binarize",
+    "dip_vae_objective",
+    "factor_vae_objective",
     "hierarchical_prior_objective",
     "oivae_objective",
     "prior_objective",
     "reconstruction_mean",
+    "tc_metrics",
     "vae_iwae_objective",
     "vae_objective",
     "vib_objective",
@@ -397,6 +403,8 @@ def vae_objective(
     kernel: str = "imq",
     dynamic_binarization: bool = True,
     weights: jax.Array | None = None,
+    tc_dataset_size: int | None = None,
+    tc_estimator: str = "mss",
 ) -> tuple[jax.Array, dict]:
     r"""Batch-mean loss of the VAE, β-VAE (optionally with capacity C) or InfoVAE.
 
@@ -410,6 +418,9 @@ def vae_objective(
       key: randomness for the binarization, the posterior samples and the prior samples.
       dynamic_binarization: draw ``x ~ Bernoulli(image)`` afresh (for a Bernoulli decoder on MNIST).
       weights: optional ``[B]`` 0/1 mask of padded evaluation rows.
+      tc_dataset_size: N, the size of the training set: then the KL's decomposition into index-code
+        mutual information, total correlation and dimension-wise KL (:func:`tc_metrics`) is reported too.
+      tc_estimator: its estimator, ``"mss"`` or ``"mws"`` (:func:`vqjax.losses.tc_decomposition`).
 
     Returns:
       ``(loss, metrics)`` with per-image means of ``loss``, ``elbo`` (always the β = 1 bound, nats),
@@ -433,13 +444,150 @@ def vae_objective(
                                      lambda_=info_lambda)
         per_example["mmd"] = terms.divergence
     per_example.update(loss=terms.loss, distortion=terms.distortion, rate=terms.rate)
+    if tc_dataset_size is not None:
+        per_example.update(tc_metrics(out, dataset_size=tc_dataset_size, estimator=tc_estimator, weights=weights))
+    return _vae_report(model, batch, out.logits, per_example, w, total_w, weights)
+
+
+def _vae_report(model, batch: dict, logits: jax.Array, per_example: dict, w, total_w, weights):
+    """The VAE objectives' ``(loss, metrics)``: ``per_example`` (with ``loss`` and ``elbo``), image quality
+    (evaluation) and bits per dimension (discretized logistic)."""
     image = batch["image"]
     if image.ndim == 4:  # [B, H, W, C] images
-        per_example.update(_image_quality(model.mean_image(out.logits), image, w, weights))
+        per_example.update(_image_quality(model.mean_image(logits), image, w, weights))
         if model.likelihood == "discretized_logistic":  # a probability mass: the bound in bits per dimension
             per_example["bits_per_dim"] = losses.bits_per_dim(-per_example["elbo"], math.prod(image.shape[1:]))
     metrics = _report(per_example, w, total_w)
     return metrics["loss"], metrics
+
+
+def tc_metrics(out, *, dataset_size: int, estimator: str = "mss", weights: jax.Array | None = None) -> dict:
+    """The KL term's decomposition (Chen et al., 2018) of a VAE pass, as per-example metrics (no gradient).
+
+    ``{"mutual_information", "total_correlation", "dimension_wise_kl"}``, each ``[B]`` in nats, from
+    :func:`vqjax.losses.tc_decomposition` of the pass's samples ``out.z`` (``out``: a
+    :class:`vqjax.nn.VAEOutput`) against the batch, drawn from a data set of ``dataset_size`` examples.
+    Their batch means add up to the one-sample estimate of the KL; they are batch estimates
+    (minibatch-stratified by default), so an evaluation's sum over batches is a mean of batch estimates.
+    """
+    sg = jax.lax.stop_gradient
+    terms = losses.tc_decomposition(sg(out.z), sg(out.mean), sg(out.log_variance), dataset_size=dataset_size,
+                                    estimator=estimator, weights=weights)
+    return terms._asdict()
+
+
+def beta_tcvae_objective(
+    model: VAE,
+    batch: dict,
+    *,
+    key: jax.Array,
+    dataset_size: int,
+    alpha: float | jax.Array = 1.0,
+    beta: float | jax.Array = 6.0,
+    gamma: float | jax.Array = 1.0,
+    estimator: str = "mss",
+    dynamic_binarization: bool = False,
+    weights: jax.Array | None = None,
+) -> tuple[jax.Array, dict]:
+    r"""Batch-mean β-TCVAE loss ``-log p(x|z) + α I_q(x; z) + β TC + γ Σ_j KL(q(z_j)||p(z_j))`` (Chen 2018, eq. 4).
+
+    The KL term split by :func:`vqjax.losses.tc_decomposition` on the batch (``estimator``: minibatch-
+    stratified ``"mss"`` or minibatch-weighted ``"mws"`` sampling over a data set of ``dataset_size``
+    examples) and weighted by :func:`vqjax.losses.beta_tcvae_loss`; ``α = β = γ = 1`` is the ELBO with a
+    one-sample KL. Metrics as :func:`vae_objective`'s (``rate`` the analytic KL, ``elbo`` the β = 1 bound)
+    plus ``mutual_information``, ``total_correlation`` and ``dimension_wise_kl``.
+    """
+    x, k = _data(batch, key, dynamic_binarization)
+    k_z, _ = jax.random.split(k)
+    out = model(x, key=k_z)
+    w, total_w = _weights(x.shape[0], weights)
+    terms = losses.tc_decomposition(out.z, out.mean, out.log_variance, dataset_size=dataset_size,
+                                    estimator=estimator, weights=weights)
+    tc = losses.beta_tcvae_loss(out.log_likelihood, terms, alpha=alpha, beta=beta, gamma=gamma)
+    per_example = {"elbo": losses.elbo(out.log_likelihood, out.kl), "loss": tc.loss, "distortion": tc.distortion,
+                   "rate": out.kl, **{k: jax.lax.stop_gradient(v) for k, v in terms._asdict().items()}}
+    return _vae_report(model, batch, out.logits, per_example, w, total_w, weights)
+
+
+def dip_vae_objective(
+    model: VAE,
+    batch: dict,
+    *,
+    key: jax.Array,
+    kind: str = "i",
+    lambda_od: float | jax.Array = 10.0,
+    lambda_d: float | jax.Array | None = None,
+    dynamic_binarization: bool = False,
+    weights: jax.Array | None = None,
+    tc_dataset_size: int | None = None,
+) -> tuple[jax.Array, dict]:
+    r"""Batch-mean DIP-VAE-I or -II loss ``-log p(x|z) + KL + λ_od Σ_{i≠j} C_ij² + λ_d Σ_i (C_ii - 1)²``.
+
+    ``C`` is the batch covariance of ``μ(x)`` (``kind="i"``) or of ``z`` under ``q(z)`` (``"ii"``), from
+    :func:`vqjax.losses.dip_vae_regularizer` (``lambda_d`` default: ``10 λ_od`` for I, ``λ_od`` for II, as
+    disentanglement_lib's studies). Metrics as :func:`vae_objective`'s plus ``dip_regularizer`` (and the
+    KL decomposition with ``tc_dataset_size``).
+    """
+    x, k = _data(batch, key, dynamic_binarization)
+    k_z, _ = jax.random.split(k)
+    out = model(x, key=k_z)
+    w, total_w = _weights(x.shape[0], weights)
+    regularizer = losses.dip_vae_regularizer(out.mean, out.log_variance, kind=kind, lambda_od=lambda_od,
+                                             lambda_d=lambda_d, weights=weights)
+    terms = losses.dip_vae_loss(out.log_likelihood, out.kl, regularizer)
+    per_example = {"elbo": losses.elbo(out.log_likelihood, out.kl), "loss": terms.loss,
+                   "distortion": terms.distortion, "rate": terms.rate, "dip_regularizer": terms.regularizer}
+    if tc_dataset_size is not None:
+        per_example.update(tc_metrics(out, dataset_size=tc_dataset_size, weights=weights))
+    return _vae_report(model, batch, out.logits, per_example, w, total_w, weights)
+
+
+def factor_vae_objective(
+    model: FactorVAE,
+    batch: dict,
+    *,
+    key: jax.Array,
+    gamma: float | jax.Array = 35.0,
+    dynamic_binarization: bool = False,
+    weights: jax.Array | None = None,
+    tc_dataset_size: int | None = None,
+) -> tuple[jax.Array, dict]:
+    r"""FactorVAE (Kim & Mnih, 2018): the VAE's loss and the discriminator's, on disjoint parameters.
+
+    Returns ``loss = mean_B[-log p(x|z) + KL + γ log D(z)/(1 - D(z))] + L_D`` where the VAE's term sees
+    the discriminator's parameters through a stop-gradient and ``L_D``
+    (:func:`vqjax.losses.factor_vae_discriminator_loss` of the batch's samples against their
+    :func:`vqjax.losses.permute_dims`) sees ``z`` through one: the gradient of the sum is the VAE's
+    gradient on the VAE's parameters and the discriminator's on its own. With
+    :func:`vqjax.nn.factor_vae_optimizer` each network then takes its own optimizer's step, in the same
+    training step, from the same batch (as disentanglement_lib; the paper's Algorithm 2 permutes a second
+    batch and updates ``D`` after the VAE). Metrics: ``loss`` (the VAE's), ``discriminator_loss``,
+    ``discriminator_accuracy`` (real and permuted samples), ``total_correlation`` (the discriminator's
+    estimate, nats), ``elbo``, ``rate``, ``distortion`` (and the KL decomposition with ``tc_dataset_size``).
+    """
+    x, k = _data(batch, key, dynamic_binarization)
+    k_z, k_perm = jax.random.split(k)
+    out = model.vae(x, key=k_z)
+    w, total_w = _weights(x.shape[0], weights)
+    graphdef, d_state = nnx.split(model.discriminator)
+    frozen = nnx.merge(graphdef, jax.lax.stop_gradient(d_state))  # the VAE's term moves no weight of D
+    tc = losses.factor_vae_tc(frozen(out.z))
+    terms = losses.factor_vae_loss(out.log_likelihood, out.kl, tc, gamma=gamma)
+    z = jax.lax.stop_gradient(out.z)  # D's loss moves no weight of the VAE
+    logits_real = model.discriminator(z)
+    logits_perm = model.discriminator(losses.permute_dims(z, key=k_perm))
+    d_loss = losses.factor_vae_discriminator_loss(logits_real, logits_perm)
+    accuracy = 0.5 * ((jnp.argmax(logits_real, -1) == 0).astype(jnp.float32)
+                      + (jnp.argmax(logits_perm, -1) == 1).astype(jnp.float32))
+    per_example = {"elbo": losses.elbo(out.log_likelihood, out.kl), "loss": terms.loss,
+                   "distortion": terms.distortion, "rate": terms.rate,
+                   "total_correlation_discriminator": jax.lax.stop_gradient(terms.total_correlation),
+                   "discriminator_accuracy": accuracy}
+    if tc_dataset_size is not None:
+        per_example.update(tc_metrics(out, dataset_size=tc_dataset_size, weights=weights))
+    loss, metrics = _vae_report(model.vae, batch, out.logits, per_example, w, total_w, weights)
+    metrics["discriminator_loss"] = d_loss
+    return loss + d_loss, metrics
 
 
 def vae_iwae_objective(

@@ -7,11 +7,13 @@ from vqjax.nn._codebook_variants import (
     SimVQ,
 )
 from vqjax.nn._disentangle_nets import DisentanglementDecoder, DisentanglementEncoder
+from vqjax.nn._factor_vae import FactorVAE, factor_vae_optimizer
 from vqjax.nn._layers import ResidualBlock, SubpixelConvTranspose
 from vqjax.nn._lookup_free import BinarySphericalQuantizer, LookupFreeQuantizer
 from vqjax.nn._make_quantizer import QUANTIZERS, make_quantizer
 from vqjax.nn._oivae import LATENT_TO_GROUP, GroupedGenerator, latent_to_group_mask
 from vqjax.nn._pixelcnn import GatedLayer, GatedPixelCNN
+from vqjax.nn._pixelcnn_decoder import PixelCNNDecoder
 from vqjax.nn._quantizers import (
     CodebookStatistic,
     EMAVectorQuantizer,
@@ -45,6 +47,7 @@ __all__ = [
     "DisentanglementEncoder",
     "EMAVectorQuantizer",
     "Encoder",
+    "FactorVAE",
     "FactorizedVectorQuantizer",
     "FiniteScalarQuantizer",
     "FrozenCodebook",
@@ -59,6 +62,7 @@ __all__ = [
     "LookupFreeQuantizer",
     "MLPDecoder",
     "MLPEncoder",
+    "PixelCNNDecoder",
     "QuantizerOutput",
     "ResidualBlock",
     "ResidualFSQ",
@@ -73,6 +77,7 @@ __all__ = [
     "VQVAE2Output",
     "VQVAEOutput",
     "VectorQuantizer",
+    "factor_vae_optimizer",
     "latent_to_group_mask",
     "make_quantizer",
     "sample_codes",
