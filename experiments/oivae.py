@@ -234,13 +234,15 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
     r, m = resolved(config), config.model
     grouped = m.decoder == "grouped"
 
+    n = _program.train_size(config)  # the KL's decomposition is reported (vqjax.objectives.tc_metrics)
+
     def objective(model, batch, *, key, step, hparams, weights=None):
         del step
+        kw = {"key": key, "dynamic_binarization": r["binarize"], "weights": weights, "tc_dataset_size": n}
         if not grouped:
-            return objectives.vae_objective(model, batch, key=key, dynamic_binarization=r["binarize"], weights=weights)
-        return objectives.oivae_objective(model, batch, key=key, group_lasso=hparams[GROUP_LASSO],
-                                          generator_prior_scale=r["generator_prior_scale"] or None,
-                                          dynamic_binarization=r["binarize"], weights=weights)
+            return objectives.vae_objective(model, batch, **kw)
+        return objectives.oivae_objective(model, batch, group_lasso=hparams[GROUP_LASSO],
+                                          generator_prior_scale=r["generator_prior_scale"] or None, **kw)
 
     def reconstruct(model, x):
         mean, _ = model.encode(x)

@@ -183,8 +183,10 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
     if capacity:
         hparams["model.capacity_max"] = m.capacity_max
 
+    n = _program.train_size(config)  # the KL's decomposition is reported (vqjax.objectives.tc_metrics)
+
     def objective(model, batch, *, key, step, hparams, weights=None):
-        kw = {"key": key, "dynamic_binarization": binarize, "weights": weights}
+        kw = {"key": key, "dynamic_binarization": binarize, "weights": weights, "tc_dataset_size": n}
         if m.objective == "info_vae":
             return objectives.vae_objective(model, batch, info_alpha=hparams["model.info_alpha"],
                                             info_lambda=hparams["model.info_lambda"], kernel=m.kernel, **kw)
@@ -270,6 +272,9 @@ def format_test(summary: dict) -> str:
     t = summary["test"]
     line = (f"test ({t['num_examples']} images, nats per image): -ELBO {-t['elbo']:.2f} = distortion "
             f"{t['distortion']:.2f} + rate {t['rate']:.2f}")
+    if "total_correlation" in t:  # the rate's split (Chen et al., 2018; vqjax.objectives.tc_metrics)
+        line += (f" (= MI {t['mutual_information']:.2f} + TC {t['total_correlation']:.2f} + dimension-wise KL "
+                 f"{t['dimension_wise_kl']:.2f})")
     if "iwae_nll" in t:
         line += f"; IWAE NLL (S={summary['config']['eval']['iwae_samples']}) {t['iwae_nll']:.2f}"
     if "bits_per_dim" in t:  # the discretized logistic (vqjax.objectives.vae_objective)

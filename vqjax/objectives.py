@@ -564,6 +564,8 @@ def factor_vae_objective(
     batch and updates ``D`` after the VAE). Metrics: ``loss`` (the VAE's), ``discriminator_loss``,
     ``discriminator_accuracy`` (real and permuted samples), ``total_correlation`` (the discriminator's
     estimate, nats), ``elbo``, ``rate``, ``distortion`` (and the KL decomposition with ``tc_dataset_size``).
+    With ``weights`` (padded evaluation rows) the permutation keeps the rows in use among themselves
+    (:func:`vqjax.losses.permute_dims`), so padded rows reach neither network's loss.
     """
     x, k = _data(batch, key, dynamic_binarization)
     k_z, k_perm = jax.random.split(k)
@@ -575,19 +577,19 @@ def factor_vae_objective(
     terms = losses.factor_vae_loss(out.log_likelihood, out.kl, tc, gamma=gamma)
     z = jax.lax.stop_gradient(out.z)  # D's loss moves no weight of the VAE
     logits_real = model.discriminator(z)
-    logits_perm = model.discriminator(losses.permute_dims(z, key=k_perm))
-    d_loss = losses.factor_vae_discriminator_loss(logits_real, logits_perm)
-    accuracy = 0.5 * ((jnp.argmax(logits_real, -1) == 0).astype(jnp.float32)
-                      + (jnp.argmax(logits_perm, -1) == 1).astype(jnp.float32))
+    logits_perm = model.discriminator(losses.permute_dims(z, key=k_perm, weights=weights))
+    # Per example i: D's cross-entropy on z_i ("real") and on the permuted row i; their weighted mean is L_D.
+    d_loss = jax.vmap(lambda a, b: losses.factor_vae_discriminator_loss(a[None], b[None]))(logits_real, logits_perm)
+    ratio_real = losses.factor_vae_tc(logits_real)  # log D/(1 - D) > 0: D says "a sample of q(z)"
+    accuracy = 0.5 * ((ratio_real > 0).astype(jnp.float32) + (losses.factor_vae_tc(logits_perm) < 0))
     per_example = {"elbo": losses.elbo(out.log_likelihood, out.kl), "loss": terms.loss,
                    "distortion": terms.distortion, "rate": terms.rate,
                    "total_correlation_discriminator": jax.lax.stop_gradient(terms.total_correlation),
-                   "discriminator_accuracy": accuracy}
+                   "discriminator_loss": d_loss, "discriminator_accuracy": accuracy}
     if tc_dataset_size is not None:
         per_example.update(tc_metrics(out, dataset_size=tc_dataset_size, weights=weights))
     loss, metrics = _vae_report(model.vae, batch, out.logits, per_example, w, total_w, weights)
-    metrics["discriminator_loss"] = d_loss
-    return loss + d_loss, metrics
+    return loss + metrics["discriminator_loss"], metrics
 
 
 def vae_iwae_objective(
@@ -657,6 +659,7 @@ def oivae_objective(
     generator_prior_scale: float | None = 1.0,
     dynamic_binarization: bool = False,
     weights: jax.Array | None = None,
+    tc_dataset_size: int | None = None,
 ) -> tuple[jax.Array, dict]:
     r"""oi-VAE (Ainsworth et al., 2018): the smooth part of its objective, per image, and the rest to report.
 
@@ -675,6 +678,7 @@ def oivae_objective(
       model: a :class:`vqjax.nn.VAE` whose decoder is a :class:`vqjax.nn.GroupedGenerator`.
       group_lasso: λ (for the report; the optimizer applies it).
       generator_prior_scale: σ_θ; None for no prior on the generators.
+      tc_dataset_size: N of the training set: the KL's decomposition is reported too (:func:`tc_metrics`).
 
     Returns:
       ``(loss, metrics)``: :func:`vae_objective`'s metrics (``elbo``, ``rate``, ``distortion`` in
@@ -690,7 +694,7 @@ def oivae_objective(
         raise ValueError(f"`generator_prior_scale` must be > 0 or None; got {generator_prior_scale!r}.")
     check_nonnegative(group_lasso, "group_lasso")  # a traced λ (a sweep's per-run value) is the caller's
     loss, metrics = vae_objective(model, batch, key=key, dynamic_binarization=dynamic_binarization,
-                                  weights=weights)
+                                  weights=weights, tc_dataset_size=tc_dataset_size)
     prior = jnp.zeros((), jnp.float32)
     if generator_prior_scale is not None:
         prior = decoder.generator_sum_of_squares() / (2.0 * generator_prior_scale**2)

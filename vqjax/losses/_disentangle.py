@@ -333,7 +333,7 @@ def beta_tcvae_loss(
 # --------------------------------------------------------------------------------------------- FactorVAE
 
 
-def permute_dims(z: jax.Array, *, key: jax.Array) -> jax.Array:
+def permute_dims(z: jax.Array, *, key: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     r"""Each latent dimension permuted independently across the batch (Kim & Mnih, 2018, Algorithm 1).
 
     ``z̃_{i,d} = z_{π_d(i), d}`` with independent uniform permutations ``π_1 … π_L`` of the B rows: each
@@ -344,6 +344,9 @@ def permute_dims(z: jax.Array, *, key: jax.Array) -> jax.Array:
     Args:
       z: ``[B, L]`` samples of ``q(z)`` (encoder samples of a batch).
       key: a ``jax.random.key``; column d uses permutation d of ``jax.random.split(key, L)``.
+      weights: optional ``[B]`` 0/1 mask of the rows in use (padded evaluation batches): each column then
+        permutes the rows in use among themselves (uniformly) and the others among themselves, so no
+        value of a padded row reaches a row in use.
 
     Returns:
       ``[B, L]`` the permuted samples, same dtype (differentiable: a gather).
@@ -353,7 +356,18 @@ def permute_dims(z: jax.Array, *, key: jax.Array) -> jax.Array:
     if key is None:
         raise ValueError("`key` must be a jax.random.key; got None.")
     b, num_latents = z.shape
-    perms = jax.vmap(lambda k: jax.random.permutation(k, b))(jax.random.split(key, num_latents))  # [L, B]
+    keys = jax.random.split(key, num_latents)
+    if weights is None:
+        perms = jax.vmap(lambda k: jax.random.permutation(k, b))(keys)  # [L, B]
+    else:
+        valid = _check_mask(weights, b)
+        slots = jnp.argsort(jnp.where(valid, 0, 1), stable=True)  # the rows in use, then the others, in order
+
+        def column(k):  # a uniform order of the rows in use (then of the others), written into their slots
+            order = jnp.argsort(jnp.where(valid, 0.0, 2.0) + jax.random.uniform(k, (b,)))
+            return jnp.zeros((b,), jnp.int32).at[slots].set(order.astype(jnp.int32))
+
+        perms = jax.vmap(column)(keys)
     return jnp.take_along_axis(z, perms.T, axis=0)
 
 
