@@ -134,9 +134,19 @@ CONFIG_RULES = {
 }
 
 
+def check_combinations(config, where: str = "--config") -> list[str]:
+    """The metrics need the data's generative factors: the procedural dSprites."""
+    if config.data.dataset != "dsprites":
+        flag = training.flag("data.dataset", where)
+        return [(f"{flag} must be 'dsprites' (the metrics need the data's generative factors); got "
+                 f"{config.data.dataset!r}.")]
+    return []
+
+
 def check_config(config: ml_collections.ConfigDict, where: str = "--config") -> None:
-    """Every value of ``config`` (:data:`CONFIG_RULES`): a ValueError naming each bad flag."""
-    training.validate(config, CONFIG_RULES, where=where)
+    """Every value of ``config`` (:data:`CONFIG_RULES`, :func:`check_combinations`): a ValueError naming each
+    bad flag."""
+    training.validate(config, CONFIG_RULES, where=where, extra=(check_combinations,))
 
 
 def get_sweep() -> list[dict]:
@@ -224,18 +234,27 @@ def build(config: ml_collections.ConfigDict) -> training.Task:
                          reporters=(_reporters.reconstructions(reconstruct), report))
 
 
-def dsprites_ground_truth() -> evaluation.GroundTruthData:
-    """The procedural dSprites' 5 factors (:data:`vqjax.data.DSPRITES_FACTORS`), images in [0, 1]."""
-    return evaluation.GroundTruthData(
-        factor_sizes=tuple(size for _, size in data.DSPRITES_FACTORS),
-        observations=lambda f: data.render_dsprites(f).astype(np.float32) / 255.0)
+def dsprites_ground_truth(config=None) -> evaluation.GroundTruthData:
+    """The procedural dSprites' 5 factors (:data:`vqjax.data.DSPRITES_FACTORS`), images in [0, 1], resized
+    and converted as ``config.data`` has the training images (``data.image_size``, ``crop``, ``channels``)."""
+    d = config.data if config is not None else {}
+    options = {k: d.get(k, default) for k, default in (("image_size", 0), ("crop", "none"), ("channels", 0))}
+
+    def observations(factors):
+        images = data.render_dsprites(factors)
+        if options["image_size"] or options["channels"]:
+            images = np.stack([data.transform_image(im, **options) for im in images])
+        return images.astype(np.float32) / 255.0
+
+    return evaluation.GroundTruthData(factor_sizes=tuple(size for _, size in data.DSPRITES_FACTORS),
+                                      observations=observations)
 
 
 def disentanglement_metrics(model, config) -> dict[str, float]:
     """The six metrics of :mod:`vqjax.evaluation` on the posterior means ``μ(x)`` (``config.metrics``'s counts)."""
     c = config.metrics
     encode = jax.jit(lambda x: model.encode(x)[0])
-    gt = dsprites_ground_truth()
+    gt = dsprites_ground_truth(config)
     common_kw = {"seed": c.seed, "chunk_size": 500}
     split = {"num_train": c.num_train_classifier, "num_test": c.num_test, **common_kw}
     votes = {"num_train": c.num_votes, "num_eval": c.num_votes // 2, **common_kw}
