@@ -405,8 +405,9 @@ def vae_objective(
     weights: jax.Array | None = None,
     tc_dataset_size: int | None = None,
     tc_estimator: str = "mss",
+    free_bits: float | jax.Array = 0.0,
 ) -> tuple[jax.Array, dict]:
-    r"""Batch-mean loss of the VAE, β-VAE (optionally with capacity C) or InfoVAE.
+    r"""Batch-mean loss of the VAE, β-VAE (optionally with capacity C or free bits λ) or InfoVAE.
 
     - VAE / β-VAE: ``-log p(x|z) + β KL`` (β = 1 is the negative ELBO), or ``-log p(x|z) + β|KL - C|``.
     - InfoVAE, when ``info_alpha`` is given: ``-log p(x|z) + (1-α) KL + (α+λ-1) MMD(q(z), p(z))``,
@@ -421,6 +422,11 @@ def vae_objective(
       tc_dataset_size: N, the size of the training set: then the KL's decomposition into index-code
         mutual information, total correlation and dimension-wise KL (:func:`tc_metrics`) is reported too.
       tc_estimator: its estimator, ``"mss"`` or ``"mws"`` (:func:`vqjax.losses.tc_decomposition`).
+      free_bits: λ ≥ 0, nats per latent (Kingma et al., 2016, IAF, app. C.8): when nonzero (or traced, a
+        sweep's per-run value) the β-weighted KL term of the loss is :func:`vqjax.losses.free_bits_kl` of
+        the per-latent KL, whose batch mean is ``Σ_j max(λ, mean_B KL_j)`` (no gradient to a latent whose
+        batch-mean KL is below λ); ``rate`` and ``elbo`` still report the true KL. 0 (default): off, the
+        plain KL. Not with ``capacity`` or ``info_alpha``.
 
     Returns:
       ``(loss, metrics)`` with per-image means of ``loss``, ``elbo`` (always the β = 1 bound, nats),
@@ -430,12 +436,21 @@ def vae_objective(
       least 11×11 pixels), ``bits_per_dim`` (``-elbo / (H·W·C ln 2)``, discretized logistic only),
       and ``sum/*`` totals.
     """
+    check_nonnegative(free_bits, "free_bits")
+    use_free_bits = _is_on(free_bits)
+    if use_free_bits and (capacity is not None or info_alpha is not None):
+        other = "capacity" if capacity is not None else "info_alpha"
+        raise ValueError(f"`free_bits` (λ={free_bits!r}) cannot be combined with `{other}`: pass one of them.")
     x, k = _data(batch, key, dynamic_binarization)
     k_z, k_prior = jax.random.split(k)
     out = model(x, key=k_z)
     w, total_w = _weights(x.shape[0], weights)
     per_example = {"elbo": losses.elbo(out.log_likelihood, out.kl)}
-    if info_alpha is None:
+    if use_free_bits:  # the loss's KL term floored per latent; the reported rate stays the true KL
+        kl_term = losses.free_bits_kl(losses.gaussian_kl(out.mean, out.log_variance, event_ndim=0), free_bits,
+                                      weights=weights)
+        terms = losses.beta_vae_loss(out.log_likelihood, kl_term, beta=beta)._replace(rate=out.kl)
+    elif info_alpha is None:
         terms = losses.beta_vae_loss(out.log_likelihood, out.kl, beta=beta, capacity=capacity)
     else:
         prior = jax.random.normal(k_prior, out.z.shape, out.z.dtype)

@@ -30,6 +30,7 @@ from vqjax.losses._disentangle import (
     tc_decomposition,
 )
 from vqjax.losses._elbo import BetaVAELoss, beta_vae_loss, elbo, iwae_bound, iwae_log_likelihood
+from vqjax.losses._free_bits import free_bits_kl
 from vqjax.losses._kl import gaussian_kl, monte_carlo_kl, reparameterize
 from vqjax.losses._likelihoods import (
     bernoulli_log_likelihood,
@@ -80,6 +81,7 @@ __all__ = [
     "factor_vae_discriminator_loss",
     "factor_vae_loss",
     "factor_vae_tc",
+    "free_bits_kl",
     "gaussian_kl",
     "gaussian_log_likelihood",
     "info_vae_loss",

@@ -14,6 +14,7 @@ from vqjax.nn._make_quantizer import QUANTIZERS, make_quantizer
 from vqjax.nn._oivae import LATENT_TO_GROUP, GroupedGenerator, latent_to_group_mask
 from vqjax.nn._pixelcnn import GatedLayer, GatedPixelCNN
 from vqjax.nn._pixelcnn_decoder import PixelCNNDecoder
+from vqjax.nn._pixelcnn_models import PixelCNNVAE, PixelCNNVQVAE
 from vqjax.nn._quantizers import (
     CodebookStatistic,
     EMAVectorQuantizer,
@@ -63,6 +64,8 @@ __all__ = [
     "MLPDecoder",
     "MLPEncoder",
     "PixelCNNDecoder",
+    "PixelCNNVAE",
+    "PixelCNNVQVAE",
     "QuantizerOutput",
     "ResidualBlock",
     "ResidualFSQ",
