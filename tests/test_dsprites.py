@@ -195,6 +195,10 @@ def test_get_source_names_it_and_grain_batches_it():
     assert batch["image"].shape == (8, 64, 64, 1) and batch["image"].dtype == np.float32
     assert set(np.unique(batch["image"])) <= {0.0, 1.0} and batch["image"].sum() > 0
     assert batch["label"].shape == (8,) and set(batch["label"].tolist()) <= {0, 1, 2}
+    # the pipeline keeps each image's factors: rendering them gives the image back
+    assert batch["factors"].shape == (8, 5) and batch["factors"].dtype == np.int32
+    np.testing.assert_array_equal(data.render_dsprites(batch["factors"]).astype(np.float32) / 255, batch["image"])
+    np.testing.assert_array_equal(batch["factors"][:, 0], batch["label"])
     # Grain's own batching keeps the factors
     raw = grain.MapDataset.source(src).batch(4)[1]
     assert raw["factors"].shape == (4, 5) and raw["image"].shape == (4, 64, 64, 1)

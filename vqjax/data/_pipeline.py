@@ -14,9 +14,13 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)
 
 
 def _to_float(batch: Example) -> Example:
-    """``{"image": uint8 [B, H, W, C], "label": [B]}`` -> float32 images in [0, 1], int32 labels."""
+    """``{"image": uint8 [B, H, W, C], "label": [B]}`` -> float32 images in [0, 1], int32 labels; a data set's
+    generative factors (``"factors"``, e.g. dSprites') pass through as int32."""
     image = batch["image"].astype(np.float32) / np.float32(255)
-    return {"image": image, "label": batch["label"].astype(np.int32)}
+    out = {"image": image, "label": batch["label"].astype(np.int32)}
+    if "factors" in batch:
+        out["factors"] = batch["factors"].astype(np.int32)
+    return out
 
 
 def make_pipeline(
@@ -30,7 +34,8 @@ def make_pipeline(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.DatasetIterator:
-    """This process's Grain iterator of ``{"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}``.
+    """This process's Grain iterator of ``{"image": float32 [B, H, W, C] in [0, 1], "label": int32 [B]}`` (and
+    ``"factors"`` int32 ``[B, K]`` for a source whose records carry them: the procedural dSprites).
 
     Each process reads a disjoint, equal-size shard: the first ``len(source)`` rounded down to a
     multiple of ``process_count`` examples, sliced ``[process_index::process_count]``. The shard
