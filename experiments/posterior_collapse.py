@@ -396,12 +396,8 @@ def report_sweep(rows: list[dict], workdir: str) -> None:
 
 def main(argv):
     del argv
-    config = _CONFIG.value
-    _program.check_flags(check_config, config)
-    f = flags.FLAGS
-    _sweep.run(sys.modules[__name__], config, _WORKDIR.value, sweep_text=f.sweep, index=f.sweep_index,
-               placement=f.placement, cpu_devices_per_core=f.cpu_devices_per_core, list_only=f["list"].value,
-               collect_only=f.collect)
+    _program.check_flags(check_config, _CONFIG.value)
+    _sweep.run_with_flags(sys.modules[__name__], _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -183,12 +183,17 @@ def run(module, config, workdir: str | None = None, *, sweep_text: str | None = 
         print(f"{len(rows)} of {len(members)} runs done -> {workdir}/results.md, results.csv, sweep.json")
 
 
+def run_with_flags(module, config, workdir: str | None) -> None:
+    """:func:`run` with this module's flags (``--sweep``, ``--sweep_index``, ``--placement``, ``--list``,
+    ``--collect``, ``--cpu_devices_per_core``): the ``main`` of a program that runs its own sweep."""
+    run(module, config, workdir, sweep_text=_SWEEP.value, index=_INDEX.value, placement=_PLACEMENT.value,
+        cpu_devices_per_core=_CPU_DEVICES.value, list_only=_LIST.value, collect_only=_COLLECT.value)
+
+
 def main(argv):
     del argv
-    module = experiment_module(config_flags.get_config_filename(flags.FLAGS["config"]))
-    run(module, _CONFIG.value, _WORKDIR.value, sweep_text=_SWEEP.value, index=_INDEX.value,
-        placement=_PLACEMENT.value, cpu_devices_per_core=_CPU_DEVICES.value, list_only=_LIST.value,
-        collect_only=_COLLECT.value)
+    run_with_flags(experiment_module(config_flags.get_config_filename(flags.FLAGS["config"])), _CONFIG.value,
+                   _WORKDIR.value)
 
 
 if __name__ == "__main__":

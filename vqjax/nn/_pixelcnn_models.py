@@ -28,7 +28,7 @@ from flax import nnx
 from vqjax import losses
 from vqjax.nn._pixelcnn_decoder import PixelCNNDecoder
 from vqjax.nn._precision import upcast
-from vqjax.nn._vae import VAEOutput
+from vqjax.nn._vae import VAEOutput, importance_log_weights
 from vqjax.nn._vqvae import VQVAEOutput
 
 __all__ = ["PixelCNNVAE", "PixelCNNVQVAE"]
@@ -147,14 +147,12 @@ class PixelCNNVAE(nnx.Module):
         return self._log_weights(x, mean, log_variance, key, num_samples)
 
     def _log_weights(self, x, mean, log_variance, key, num_samples):
-        z = losses.reparameterize(mean, log_variance, key=key, num_samples=num_samples)  # [S, B, L]
-        log_q = losses.gaussian_log_likelihood(jnp.broadcast_to(mean, z.shape), z,
-                                               log_variance=log_variance, event_ndim=1)
-        log_p = losses.gaussian_log_likelihood(jnp.zeros_like(z), z, event_ndim=1)
-        s, b = z.shape[:2]
-        xs = jnp.broadcast_to(x, (s, *x.shape)).reshape(s * b, *x.shape[1:])  # the S·B images as one batch
-        ll = self.decoder.log_likelihood(xs, z.reshape(s * b, -1)).reshape(s, b)
-        return ll + log_p - log_q
+        def log_likelihood(z):  # [S, B, L] -> [S, B]: the S·B images as one batch
+            s, b = z.shape[:2]
+            xs = jnp.broadcast_to(x, (s, *x.shape)).reshape(s * b, *x.shape[1:])
+            return self.decoder.log_likelihood(xs, z.reshape(s * b, -1)).reshape(s, b)
+
+        return importance_log_weights(log_likelihood, mean, log_variance, key=key, num_samples=num_samples)
 
     def iwae_log_likelihood(self, x: jax.Array, *, key: jax.Array, num_samples: int,
                             chunk_size: int = 10) -> jax.Array:

@@ -138,6 +138,20 @@ class ConvDecoder(nnx.Module):
         return out.reshape(*lead, *self.image_shape)
 
 
+def importance_log_weights(log_likelihood, mean: jax.Array, log_variance: jax.Array, *, key: jax.Array,
+                           num_samples: int) -> jax.Array:
+    r"""``[S, B]`` importance log weights ``log p(x|z_s) + log p(z_s) - log q(z_s|x)``, ``z_s ~ q(z|x)``.
+
+    ``q(z|x) = N(mean, diag exp(log_variance))`` (``[B, L]`` each), ``p(z) = N(0, I)``, and
+    ``log_likelihood(z [S, B, L]) -> [S, B]`` the decoder's ``log p(x_b|z_{s,b})``.
+    """
+    z = losses.reparameterize(mean, log_variance, key=key, num_samples=num_samples)  # [S, B, L]
+    log_q = losses.gaussian_log_likelihood(jnp.broadcast_to(mean, z.shape), z, log_variance=log_variance,
+                                           event_ndim=1)
+    log_p = losses.gaussian_log_likelihood(jnp.zeros_like(z), z, event_ndim=1)
+    return log_likelihood(z) + log_p - log_q
+
+
 class VAEOutput(NamedTuple):
     """One pass of :class:`VAE`; per-example terms are ``[B]``."""
 
@@ -221,14 +235,12 @@ class VAE(nnx.Module):
         return self._log_weights(x, mean, log_variance, key, num_samples)
 
     def _log_weights(self, x, mean, log_variance, key, num_samples):
-        z = losses.reparameterize(mean, log_variance, key=key, num_samples=num_samples)  # [S, B, L]
-        log_q = losses.gaussian_log_likelihood(jnp.broadcast_to(mean, z.shape), z,
-                                               log_variance=log_variance, event_ndim=1)
-        log_p = losses.gaussian_log_likelihood(jnp.zeros_like(z), z, event_ndim=1)
-        params = self.decode(z)  # [S, B, *image]
-        xs = jnp.broadcast_to(x, params.shape[:-1] + x.shape[-1:])  # [S, B, *image]
-        ll = self.log_likelihood(params, xs, event_ndim=x.ndim - 1)
-        return ll + log_p - log_q
+        def log_likelihood(z):  # [S, B, L] -> [S, B]
+            params = self.decode(z)  # [S, B, *image]
+            xs = jnp.broadcast_to(x, params.shape[:-1] + x.shape[-1:])  # [S, B, *image]
+            return self.log_likelihood(params, xs, event_ndim=x.ndim - 1)
+
+        return importance_log_weights(log_likelihood, mean, log_variance, key=key, num_samples=num_samples)
 
     def iwae_log_likelihood(self, x: jax.Array, *, key: jax.Array, num_samples: int,
                             chunk_size: int = 100) -> jax.Array:
