@@ -87,7 +87,11 @@ def test_each_step_on_eight_devices_equals_one(idx_dir, experiment):
     for key, rtol in (("grad_norm", 1e-5), ("loss", 1e-5)):
         np.testing.assert_allclose([m[key] for m in m8], [m[key] for m in m1], rtol=rtol, err_msg=key)
     for key in m1[0]:  # every other logged number too (rates, code usage, ...)
-        np.testing.assert_allclose([m[key] for m in m8], [m[key] for m in m1], rtol=1e-4, atol=1e-6, err_msg=key)
+        # The KL's decomposition (vqjax.objectives.tc_metrics) is a difference of log-densities of tens of
+        # nats per image summed over the batch; its float32 rounding depends on how the batch is split.
+        cancels = key.endswith(("mutual_information", "total_correlation", "dimension_wise_kl"))
+        np.testing.assert_allclose([m[key] for m in m8], [m[key] for m in m1], rtol=1e-4,
+                                   atol=1e-4 if cancels else 1e-6, err_msg=key)
     for a, b in zip(jax.tree.leaves((s8.params, s8.rest)), jax.tree.leaves((s1.params, s1.rest)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert all(m["grad_norm"] > 0 for m in m1)
